@@ -1,0 +1,45 @@
+"""Layer norm over the last axis (spec 1.3: biased variance, eps from the checkpoint's format)."""
+
+import numpy as np
+from numba import prange
+
+from ._jit import pjit
+
+
+@pjit
+def _layernorm(x, gamma, beta, eps, out):
+    rows, c = x.shape
+    for r in prange(rows):
+        # float64 accumulation, two passes: small-variance inputs keep their digits (spec 9 trap 3)
+        s = 0.0
+        for j in range(c):
+            s += x[r, j]
+        mean = s / c
+        v = 0.0
+        for j in range(c):
+            d = x[r, j] - mean
+            v += d * d
+        inv = 1.0 / np.sqrt(v / c + eps)
+        for j in range(c):
+            out[r, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
+
+
+def layernorm(x, gamma, beta, eps, out=None):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta over the last axis; x (M, C) float32."""
+    _check(x, 2)
+    if out is None:
+        out = np.empty_like(x)
+    _layernorm(x, _vec(gamma, x.shape[1]), _vec(beta, x.shape[1]), float(eps), out)
+    return out
+
+
+def _check(x, ndim):
+    if x.dtype != np.float32 or x.ndim != ndim or not x.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous float32 array of {ndim} dims, got {x.dtype} {x.shape}")
+
+
+def _vec(v, n):
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if v.shape != (n,):
+        raise ValueError(f"expected a vector of {n}, got {v.shape}")
+    return v

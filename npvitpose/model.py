@@ -1,0 +1,270 @@
+"""The ViTPose network on NumPy + Numba: weights under their checkpoint names, one forward pass."""
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import NpvitposeError
+from .kernels.attention import attention
+from .kernels.head import conv3x3_taps, conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4
+from .kernels.layernorm import layernorm
+from .kernels.mlp import bias_gelu, bias_residual
+from .kernels.patch_embed import grid, im2col
+
+FORMAT_VERSION = 1
+HEIGHT, WIDTH = 256, 192  # spec 1.2: the position table only fits 256x192 crops
+DECONV = 256  # spec 2.1: classic head deconv filters
+
+
+@dataclass(frozen=True)
+class Config:
+    dim: int
+    depth: int
+    heads: int
+    mlp_hidden: int
+    num_keypoints: int = 17
+    head: str = "classic"  # "classic" (2 deconvs + 1x1) or "simple" (ReLU, bilinear x4, 3x3)
+    ln_eps: float = 1e-6  # spec 1.3: 1e-6 in official checkpoints, HF configs run 1e-12
+
+
+# spec 1.5; S has 12 heads of 32 and H head_dim 80 (trap 5)
+VARIANTS = {
+    "vitpose-s": Config(dim=384, depth=12, heads=12, mlp_hidden=1536),
+    "vitpose-b": Config(dim=768, depth=12, heads=12, mlp_hidden=3072),
+    "vitpose-l": Config(dim=1024, depth=24, heads=16, mlp_hidden=4096),
+    "vitpose-h": Config(dim=1280, depth=32, heads=16, mlp_hidden=5120),
+}
+
+
+def weight_shapes(cfg):
+    """Every key of a dense official checkpoint with its shape (spec 3.1)."""
+    c, k, ntok = cfg.dim, cfg.num_keypoints, grid(HEIGHT, WIDTH)
+    shapes = {
+        "backbone.pos_embed": (1, ntok[0] * ntok[1] + 1, c),
+        "backbone.patch_embed.proj.weight": (c, 3, 16, 16),
+        "backbone.patch_embed.proj.bias": (c,),
+    }
+    for i in range(cfg.depth):
+        p = f"backbone.blocks.{i}."
+        shapes.update({
+            p + "norm1.weight": (c,), p + "norm1.bias": (c,),
+            p + "attn.qkv.weight": (3 * c, c), p + "attn.qkv.bias": (3 * c,),
+            p + "attn.proj.weight": (c, c), p + "attn.proj.bias": (c,),
+            p + "norm2.weight": (c,), p + "norm2.bias": (c,),
+            p + "mlp.fc1.weight": (cfg.mlp_hidden, c), p + "mlp.fc1.bias": (cfg.mlp_hidden,),
+            p + "mlp.fc2.weight": (c, cfg.mlp_hidden), p + "mlp.fc2.bias": (c,),
+        })
+    shapes["backbone.last_norm.weight"] = (c,)
+    shapes["backbone.last_norm.bias"] = (c,)
+    if cfg.head == "classic":
+        for layer, cin in ((0, c), (3, DECONV)):
+            shapes[f"keypoint_head.deconv_layers.{layer}.weight"] = (cin, DECONV, 4, 4)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                shapes[f"keypoint_head.deconv_layers.{layer + 1}.{name}"] = (DECONV,)
+        shapes["keypoint_head.final_layer.weight"] = (k, DECONV, 1, 1)
+    else:
+        shapes["keypoint_head.final_layer.weight"] = (k, c, 3, 3)
+    shapes["keypoint_head.final_layer.bias"] = (k,)
+    return shapes
+
+
+def random_weights(cfg, seed=0):
+    """Random float32 weights of the right shapes, for benchmarks and tests (no download)."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for key, shape in weight_shapes(cfg).items():
+        if key.endswith("running_var"):
+            w = rng.uniform(0.5, 1.5, shape)
+        elif key.endswith(("norm1.weight", "norm2.weight", "last_norm.weight", "1.weight", "4.weight")):
+            w = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            w = rng.standard_normal(shape) * (0.02 if len(shape) == 1 else 1.0 / np.sqrt(fan_in))
+        weights[key] = w.astype(np.float32)
+    return weights
+
+
+class Model:
+    """A loaded ViTPose: `forward` maps normalised crops to heatmaps; calling it runs the whole pipeline."""
+
+    def __init__(self, weights, meta):
+        self.meta = dict(meta)
+        self.config = _config_from_meta(self.meta)
+        self.num_keypoints = self.config.num_keypoints
+        _validate(weights, self.config)
+        self.weights = weights
+        self._lock = threading.Lock()  # one forward at a time: each already uses every core
+        self._prepare()
+
+    def _prepare(self):
+        """Lay out, once, what the forward needs in GEMM-ready form; the names stay the checkpoint's."""
+        w, cfg = self.weights, self.config
+        pos = w["backbone.pos_embed"][0]
+        self._pos = np.ascontiguousarray(pos[1:] + pos[0])  # spec 1.2: slot 0 is added to every token
+        self._patch_w = np.ascontiguousarray(w["backbone.patch_embed.proj.weight"].reshape(cfg.dim, -1).T)
+        if cfg.head == "classic":
+            self._deconv = []
+            for layer in (0, 3):
+                bn = f"keypoint_head.deconv_layers.{layer + 1}."
+                wt, b = fold_batchnorm(w[f"keypoint_head.deconv_layers.{layer}.weight"], w[bn + "running_mean"],
+                                       w[bn + "running_var"], w[bn + "weight"], w[bn + "bias"])
+                self._deconv.append((deconv_weight(wt), b))
+            self._final_w = np.ascontiguousarray(w["keypoint_head.final_layer.weight"][:, :, 0, 0].T)
+        else:
+            self._final_w = conv3x3_weight(w["keypoint_head.final_layer.weight"])
+
+    def forward(self, pixels, taps=None):
+        """pixels (B, 3, 256, 192) float32, normalised RGB -> heatmaps (B, K, 64, 48) float32."""
+        pixels = _check_pixels(pixels)
+        with self._lock:
+            return self._forward(pixels, taps)
+
+    def _forward(self, pixels, taps):
+        w, cfg = self.weights, self.config
+        b = pixels.shape[0]
+        hp, wp = grid(HEIGHT, WIDTH)
+        n = hp * wp
+        x = im2col(pixels) @ self._patch_w  # (B*N, C)
+        x += w["backbone.patch_embed.proj.bias"]
+        x.reshape(b, n, cfg.dim)[:] += self._pos
+        _tap(taps, "embeddings", x, b)
+        for i in range(cfg.depth):
+            p = f"backbone.blocks.{i}."
+            h = layernorm(x, w[p + "norm1.weight"], w[p + "norm1.bias"], cfg.ln_eps)  # (B*N, C)
+            qkv = h @ w[p + "attn.qkv.weight"].T  # (B*N, 3C)
+            qkv += w[p + "attn.qkv.bias"]
+            a = attention(qkv, n, cfg.heads)  # (B*N, C)
+            bias_residual(x, a @ w[p + "attn.proj.weight"].T, w[p + "attn.proj.bias"])
+            h = layernorm(x, w[p + "norm2.weight"], w[p + "norm2.bias"], cfg.ln_eps)
+            h = bias_gelu(h @ w[p + "mlp.fc1.weight"].T, w[p + "mlp.fc1.bias"])  # (B*N, 4C)
+            bias_residual(x, h @ w[p + "mlp.fc2.weight"].T, w[p + "mlp.fc2.bias"])
+            _tap(taps, f"blocks.{i}", x, b)
+        x = layernorm(x, w["backbone.last_norm.weight"], w["backbone.last_norm.bias"], cfg.ln_eps)
+        _tap(taps, "last_norm", x, b)
+        f = x.reshape(b, hp, wp, cfg.dim)  # (B, 16, 12, C): tokens are already channels-last feature maps
+        k = cfg.num_keypoints
+        if cfg.head == "classic":
+            for stage, (wmat, bias) in enumerate(self._deconv, 1):
+                f = deconv4x4s2(f, wmat, bias, relu=True)  # (B, 2H, 2W, 256), batchnorm folded in
+                if taps is not None:
+                    taps[f"head.stage{stage}"] = f.transpose(0, 3, 1, 2).copy()
+            heat = f.reshape(-1, DECONV) @ self._final_w  # (B*64*48, K)
+            heat += w["keypoint_head.final_layer.bias"]
+            return np.ascontiguousarray(heat.reshape(b, 4 * hp, 4 * wp, k).transpose(0, 3, 1, 2))
+        if taps is not None:
+            taps["head.upsampled"] = upsample4(np.ascontiguousarray(f), relu=True).transpose(0, 3, 1, 2).copy()
+        # spec 2.2 reordered: the 3x3 conv's channel mix commutes with the per-channel bilinear x4,
+        # so project the 16x12 map to 9 taps x K first and upsample those (16x fewer FLOPs)
+        z = np.maximum(f, 0).reshape(b * n, cfg.dim) @ self._final_w  # (B*N, 9K)
+        z = upsample4(z.reshape(b, hp, wp, 9 * k))  # (B, 64, 48, 9K)
+        return conv3x3_taps(z.reshape(b, 4 * hp, 4 * wp, 9, k), w["keypoint_head.final_layer.bias"])
+
+    def __call__(self, image, boxes, box_format="xywh", color="rgb", **kwargs):
+        """Keypoints for the person boxes in one image: see `npvitpose.pipeline.predict`."""
+        from .pipeline import predict
+
+        return predict(self, image, boxes, box_format=box_format, color=color, **kwargs)
+
+    def __repr__(self):
+        c = self.config
+        return (f"Model(dim={c.dim}, depth={c.depth}, heads={c.heads}, head={c.head!r}, "
+                f"keypoints={c.num_keypoints}, dataset={self.meta.get('dataset')!r})")
+
+
+def _tap(taps, name, x, b):
+    if taps is not None:
+        taps[name] = x.reshape(b, -1, x.shape[-1]).copy()
+
+
+def _check_pixels(pixels):
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or pixels.shape[1:] != (3, HEIGHT, WIDTH):
+        raise NpvitposeError(f"pixels must have shape (N, 3, {HEIGHT}, {WIDTH}), got {pixels.shape}")
+    return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def _config_from_meta(meta):
+    try:
+        cfg = Config(dim=int(meta["dim"]), depth=int(meta["depth"]), heads=int(meta["heads"]),
+                     mlp_hidden=int(meta["mlp_hidden"]), num_keypoints=int(meta["num_keypoints"]),
+                     head=str(meta["head"]), ln_eps=float(meta["ln_eps"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise NpvitposeError(f"model metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
+    if cfg.head not in ("classic", "simple"):
+        raise NpvitposeError(f"unknown head type {cfg.head!r} in model metadata")
+    if min(cfg.dim, cfg.depth, cfg.heads, cfg.mlp_hidden, cfg.num_keypoints) <= 0 or cfg.dim % cfg.heads:
+        raise NpvitposeError(f"inconsistent sizes in model metadata: {cfg}")
+    if not (0.0 < cfg.ln_eps < 1.0):
+        raise NpvitposeError(f"layer-norm eps {cfg.ln_eps} in model metadata is out of range")
+    return cfg
+
+
+def _validate(weights, cfg):
+    expected = weight_shapes(cfg)
+    for key in sorted(set(weights) - set(expected)):
+        raise NpvitposeError(f"unexpected weight {key!r} for a {cfg.head} model of depth {cfg.depth}")
+    for key, shape in expected.items():
+        if key not in weights:
+            raise NpvitposeError(f"missing weight {key!r}")
+        a = weights[key]
+        if a.dtype != np.float32:
+            raise NpvitposeError(f"weight {key!r} has dtype {a.dtype}, expected float32")
+        if a.shape != shape:
+            raise NpvitposeError(f"weight {key!r} has shape {a.shape}, expected {shape}")
+        if not np.isfinite(a).all():
+            raise NpvitposeError(f"weight {key!r} contains NaN or inf")
+
+
+def from_weights(weights, meta):
+    """A Model from a dict of float32 arrays under official names and its metadata dict."""
+    return Model(weights, meta)
+
+
+def load(path):
+    """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "__meta__" not in z.files:
+                raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
+            meta = json.loads(str(z["__meta__"]))
+            weights = {k: z[k] for k in z.files if k != "__meta__"}
+    except NpvitposeError:
+        raise
+    except FileNotFoundError:
+        raise NpvitposeError(f"{path}: no such model file") from None
+    except Exception as e:  # np.load raises zipfile, OSError, ValueError... for damaged files
+        raise NpvitposeError(f"{path}: not a readable npvitpose .npz ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise NpvitposeError(f"{path}: __meta__ is not a JSON object")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise NpvitposeError(f"{path}: format version {meta.get('format_version')!r}, this npvitpose reads {FORMAT_VERSION}")
+    try:
+        return Model(weights, meta)
+    except NpvitposeError as e:
+        raise NpvitposeError(f"{path}: {e}") from None
+
+
+def save_npz(path, weights, meta):
+    """Write weights (float32, official names) and metadata to `path` atomically (temp file + rename)."""
+    path = os.fspath(path)
+    meta = dict(meta, format_version=FORMAT_VERSION)
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".npvitpose-", suffix=".npz.part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _first_line(e):
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
