@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import threads
 from .errors import NpvitposeError
 from .kernels.attention import attention
 from .kernels.head import conv3x3_taps, conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4
 from .kernels.layernorm import layernorm
 from .kernels.mlp import bias_gelu, bias_residual
 from .kernels.patch_embed import grid, im2col
+from .npz import read_npz
 
 FORMAT_VERSION = 1
 HEIGHT, WIDTH = 256, 192  # spec 1.2: the position table only fits 256x192 crops
@@ -121,6 +123,7 @@ class Model:
         """pixels (B, 3, 256, 192) float32, normalised RGB -> heatmaps (B, K, 64, 48) float32."""
         pixels = _check_pixels(pixels)
         with self._lock:
+            threads.apply()
             return self._forward(pixels, taps)
 
     def _forward(self, pixels, taps):
@@ -225,26 +228,24 @@ def from_weights(weights, meta):
 
 
 def load(path):
-    """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype."""
+    """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
+
+    Weights are memory-mapped, read-only: processes loading the same file share its pages.
+    """
     path = os.fspath(path)
+    arrays = read_npz(path)
+    if "__meta__" not in arrays:
+        raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "__meta__" not in z.files:
-                raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
-            meta = json.loads(str(z["__meta__"]))
-            weights = {k: z[k] for k in z.files if k != "__meta__"}
-    except NpvitposeError:
-        raise
-    except FileNotFoundError:
-        raise NpvitposeError(f"{path}: no such model file") from None
-    except Exception as e:  # np.load raises zipfile, OSError, ValueError... for damaged files
-        raise NpvitposeError(f"{path}: not a readable npvitpose .npz ({type(e).__name__}: {_first_line(e)})") from None
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except ValueError as e:
+        raise NpvitposeError(f"{path}: __meta__ is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise NpvitposeError(f"{path}: __meta__ is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise NpvitposeError(f"{path}: format version {meta.get('format_version')!r}, this npvitpose reads {FORMAT_VERSION}")
     try:
-        return Model(weights, meta)
+        return Model(arrays, meta)
     except NpvitposeError as e:
         raise NpvitposeError(f"{path}: {e}") from None
 
@@ -266,5 +267,3 @@ def save_npz(path, weights, meta):
         raise
 
 
-def _first_line(e):
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
