@@ -1,0 +1,412 @@
+"""Read PyTorch `.pth` and `.safetensors` weight files into NumPy without importing torch.
+
+Both readers treat the file as hostile: every size and offset is checked against the file before
+anything is allocated, and the `.pth` pickle is loaded by a restricted unpickler that resolves only
+the globals a state dict needs (nothing else is ever imported or called).
+
+Returned dtypes: float16 and bfloat16 tensors are widened to float32 exactly; every other dtype
+(float32, float64, integers, bool) is kept as stored. The converter casts what it keeps to float32.
+"""
+
+import collections
+import io
+import json
+import mmap
+import os
+import pickle
+import pickletools
+import struct
+import zipfile
+
+import numpy as np
+
+from .errors import NpvitposeError
+
+_MAX_PICKLE_BYTES = 256 << 20  # data.pkl of a ViT-H state dict is ~100 KB; a bigger one is not a state dict
+_MAX_HEADER_BYTES = 100 << 20  # safetensors JSON header cap, checked before reading it
+_BF16 = "bf16"  # marker dtype: stored as uint16, widened by shifting into the high half of a uint32
+
+# torch storage class name -> stored element type (little-endian: the only byteorder accepted)
+_STORAGE_DTYPES = {
+    "FloatStorage": "<f4",
+    "DoubleStorage": "<f8",
+    "HalfStorage": "<f2",
+    "BFloat16Storage": _BF16,
+    "LongStorage": "<i8",
+    "IntStorage": "<i4",
+    "ShortStorage": "<i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "?",
+}
+
+# safetensors dtype tag -> stored element type
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": _BF16,
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
+
+
+def _short(key) -> str:
+    """A key for a one-line message, however long or odd it is."""
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _itemsize(code: str) -> int:
+    return 2 if code == _BF16 else np.dtype(code).itemsize
+
+
+def _widen(raw: np.ndarray, code: str) -> np.ndarray:
+    """Return the stored elements as their public dtype: bf16/fp16 -> float32 (exact), others as is."""
+    if code == _BF16:
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if raw.dtype == np.float16:
+        return raw.astype(np.float32)
+    if raw.dtype.kind == "b":
+        return raw.view(np.uint8) != 0  # any nonzero byte is True, whatever the file holds
+    return raw
+
+
+def _map_file(path: str, what: str):
+    """Read-only memory map of the whole file (None for an empty file)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            return (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None), size
+    except OSError as e:
+        raise NpvitposeError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# .pth (PyTorch >= 1.6 zip format: <prefix>/data.pkl + <prefix>/data/<key>, spec 3.1)
+
+
+class _StorageType:
+    """Inert stand-in for `torch.FloatStorage` & co.: only carries the element type."""
+
+    def __init__(self, name: str, code: str):
+        self.name, self.code = name, code
+
+
+class _Storage:
+    """A persistent-id reference to the zip member `data/<key>`; read only when a tensor needs it."""
+
+    def __init__(self, key: str, code: str, numel: int):
+        self.key, self.code, self.numel = key, code, numel
+
+
+class _TensorRef:
+    """What `_rebuild_tensor_v2` returns here: a view description, materialized only for the state dict."""
+
+    def __init__(self, storage, offset, size, stride):
+        if not isinstance(storage, _Storage):
+            raise NpvitposeError("tensor without a storage")
+        size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+        if not isinstance(offset, int) or offset < 0 or len(size) != len(stride):
+            raise NpvitposeError("tensor with a bad storage offset or stride")
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+def _int_tuple(value, what: str) -> tuple:
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise NpvitposeError(f"tensor with a bad {what}")
+    return tuple(value)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    return data
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    # protocol-2 pickles store bytes as _codecs.encode(str, "latin1"); nothing else is accepted
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise NpvitposeError("bad bytes record")
+    return text.encode("latin1")
+
+
+def _torch_size(dims=()):
+    return tuple(dims)
+
+
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch", "Size"): _torch_size,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,  # protocol 2 writes Python 2 module names
+    ("__builtin__", "frozenset"): frozenset,
+    ("_codecs", "encode"): _codecs_encode,
+}
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    """Resolves only the state-dict globals above (close to torch's own weights_only list, which
+    mmcv checkpoints, `meta` included, load under); any other global refuses the whole file."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(io.BytesIO(data))
+        self._name = name
+
+    def find_class(self, module, name):
+        found = _SAFE_GLOBALS.get((module, name))
+        if found is not None:
+            return found
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name, _STORAGE_DTYPES[name])
+        raise NpvitposeError(f"refused global {module}.{name} in {self._name}: not a state dict")
+
+    def persistent_load(self, pid):
+        # torch.save writes ('storage', storage type, key, location, numel)
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise NpvitposeError(f"unknown persistent record in {self._name}")
+        _, stype, key, _, numel = pid
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise NpvitposeError(f"bad storage record in {self._name}")
+        return _Storage(key, stype.code, numel)
+
+
+class _PthArchive:
+    """The zip members of one .pth file; storages are read straight from a memory map."""
+
+    def __init__(self, path: str):
+        self.name = os.path.basename(path)
+        self.map, self.size = _map_file(path, "checkpoint")
+        if self.map is None:
+            raise NpvitposeError(f"{self.name} is empty")
+        try:
+            self.zip = zipfile.ZipFile(path)  # reads only the central directory
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+            if self.map[:1] == b"\x80":
+                raise NpvitposeError(
+                    f"{self.name} uses the legacy (PyTorch < 1.6) format: re-save it with torch.save"
+                ) from None
+            raise NpvitposeError(f"{self.name} is not a readable PyTorch zip checkpoint (truncated or corrupt)") from None
+        self.members = {i.filename: i for i in self.zip.infolist()}
+        pickles = [n for n in self.members if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise NpvitposeError(f"{self.name} has no single <archive>/data.pkl: not a PyTorch checkpoint")
+        self.prefix = pickles[0][: -len("data.pkl")]
+
+    def close(self) -> None:
+        self.zip.close()
+        try:
+            self.map.close()
+        except BufferError:  # a traceback still holds a window of the map; the GC closes it later
+            pass
+
+    def read_small(self, member: str, limit: int) -> bytes | None:
+        info = self.members.get(self.prefix + member)
+        if info is None:
+            return None
+        if info.file_size > limit:
+            raise NpvitposeError(f"{self.name}: {member} is implausibly large ({info.file_size} bytes)")
+        try:
+            return self.zip.read(info)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+            raise NpvitposeError(f"{self.name}: cannot read {member} ({e})") from None
+
+    def storage_bytes(self, key: str, nbytes: int) -> memoryview:
+        """The raw bytes of storage `key`: a zero-copy window of the memory map, checked against the file."""
+        info = self.members.get(f"{self.prefix}data/{key}")
+        label = _short(f"data/{key}")
+        if info is None:
+            raise NpvitposeError(f"{self.name}: storage {label} is missing")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise NpvitposeError(f"{self.name}: storage {label} is compressed (torch.save never does that)")
+        if info.file_size < nbytes:
+            raise NpvitposeError(
+                f"{self.name}: storage {label} holds {info.file_size} bytes, its tensors need {nbytes}"
+            )
+        head = info.header_offset
+        local = self.map[head : head + 30]
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise NpvitposeError(f"{self.name}: corrupt zip entry for {label}")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        start = head + 30 + name_len + extra_len
+        if start + nbytes > self.size:
+            raise NpvitposeError(f"{self.name}: storage {label} runs past the end of the file (truncated?)")
+        return memoryview(self.map)[start : start + nbytes]
+
+
+def _check_memo(data: bytes, name: str) -> None:
+    """Refuse memo indices beyond the pickle's size: CPython's unpickler grows its memo table to the
+    largest index it sees, so a 10-byte pickle could otherwise demand gigabytes."""
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and (
+                not isinstance(arg, int) or not 0 <= arg <= len(data)
+            ):
+                raise NpvitposeError(f"{name}: corrupt checkpoint pickle (memo index {arg})")
+    except NpvitposeError:
+        raise
+    except Exception:  # genops raises ValueError & co. on malformed opcodes
+        raise NpvitposeError(f"{name}: corrupt checkpoint pickle") from None
+
+
+def _materialize(ref: _TensorRef, archive: _PthArchive, key: str) -> np.ndarray:
+    """Copy one tensor view out of its storage after checking it stays inside the storage."""
+    st = ref.storage
+    count = 1
+    for n in ref.size:
+        count *= n
+    public = np.dtype(np.float32 if st.code in (_BF16, "<f2") else st.code).newbyteorder("=")
+    if count == 0:
+        return np.zeros(ref.size, dtype=public)
+    if count > st.numel:
+        # a stride-0 view larger than its storage would let a tiny file demand unbounded memory
+        raise NpvitposeError(f"{archive.name}: tensor {_short(key)} is larger than its storage {_short(st.key)}")
+    if ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride)) >= st.numel:
+        raise NpvitposeError(f"{archive.name}: tensor {_short(key)} reads past the end of storage {_short(st.key)}")
+    itemsize = _itemsize(st.code)
+    raw = archive.storage_bytes(st.key, st.numel * itemsize)
+    flat = np.frombuffer(raw, dtype=np.uint16 if st.code == _BF16 else np.dtype(st.code), count=st.numel)
+    view = np.lib.stride_tricks.as_strided(
+        flat[ref.offset :], shape=ref.size, strides=[s * itemsize for s in ref.stride], writeable=False
+    )
+    return np.array(_widen(view, st.code), dtype=public, order="C")  # an owned copy, never a window of the map
+
+
+def read_pth(path) -> dict:
+    """State dict of an official `.pth` checkpoint as {name: ndarray}, in file order (spec 3.1).
+
+    Accepts a top-level {'state_dict': {...}, ...} (other entries such as 'meta' are unpickled under
+    the same allow-list, then dropped) or a bare {name: tensor} dict.
+    """
+    archive = _PthArchive(os.fspath(path))
+    try:
+        return _read_state_dict(archive)
+    finally:
+        archive.close()
+
+
+def _read_state_dict(archive: "_PthArchive") -> dict:
+    byteorder = archive.read_small("byteorder", 16)
+    if byteorder not in (None, b"little"):  # files from before the record existed are little-endian
+        raise NpvitposeError(f"{archive.name}: byteorder {byteorder[:16]!r} is not supported (little-endian only)")
+    data = archive.read_small("data.pkl", _MAX_PICKLE_BYTES)
+    _check_memo(data, archive.name)
+    try:
+        top = _StateDictUnpickler(data, archive.name).load()
+    except NpvitposeError as e:
+        raise NpvitposeError(str(e) if archive.name in str(e) else f"{archive.name}: {e}") from None
+    except Exception as e:  # any malformed pickle: truncated, unknown opcode, wrong call arguments, ...
+        raise NpvitposeError(f"{archive.name}: corrupt checkpoint pickle ({type(e).__name__})") from None
+    if not isinstance(top, dict):
+        raise NpvitposeError(f"{archive.name} holds a {type(top).__name__}, not a state dict")
+    state = top["state_dict"] if isinstance(top.get("state_dict"), dict) else top
+    out = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, _TensorRef):
+            raise NpvitposeError(
+                f"{archive.name}: entry {_short(key)} is not a tensor (expected {{'state_dict': ...}} or a dict of tensors)"
+            )
+        out[key] = _materialize(value, archive, key)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# .safetensors: u64 little-endian header length, JSON header, raw little-endian tensor bytes
+
+
+def _unique_pairs(pairs):
+    result = {}
+    for k, v in pairs:
+        if k in result:
+            raise NpvitposeError(f"duplicate key {_short(k)} in safetensors header")
+        result[k] = v
+    return result
+
+
+def read_safetensors(path) -> dict:
+    """Tensors of a `.safetensors` file as {name: ndarray}, in header order (`__metadata__` ignored).
+
+    float32/float64/integer tensors are zero-copy read-only views of a memory map of the file.
+    """
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    buf, size = _map_file(path, "safetensors file")
+    if size < 8:
+        raise NpvitposeError(f"{name} is too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", buf[:8])
+    if header_len > min(size - 8, _MAX_HEADER_BYTES):
+        raise NpvitposeError(f"{name}: header length {header_len} does not fit the file ({size} bytes)")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + header_len]).decode("utf-8"), object_pairs_hook=_unique_pairs)
+    except NpvitposeError as e:
+        raise NpvitposeError(f"{name}: {e}") from None
+    except (ValueError, RecursionError):
+        raise NpvitposeError(f"{name}: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise NpvitposeError(f"{name}: the safetensors header is not a JSON object")
+    data_start = 8 + header_len
+    data_len = size - data_start
+    entries = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        entries.append((key, *_check_entry(name, key, info, data_len)))
+    spans = sorted((begin, end, key) for key, _, _, begin, end in entries if end > begin)
+    for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise NpvitposeError(f"{name}: tensors {_short(k0)} and {_short(k1)} overlap")
+    out = {}
+    for key, code, shape, begin, end in entries:
+        count = (end - begin) // _itemsize(code)
+        if count == 0:
+            out[key] = _widen(np.zeros(shape, np.uint16 if code == _BF16 else np.dtype(code)), code)
+            continue
+        raw = np.frombuffer(
+            buf, dtype=np.uint16 if code == _BF16 else np.dtype(code), count=count, offset=data_start + begin
+        )
+        out[key] = _widen(raw, code).reshape(shape)
+    return out
+
+
+def _check_entry(name: str, key: str, info, data_len: int):
+    if not isinstance(info, dict):
+        raise NpvitposeError(f"{name}: header entry {_short(key)} is not an object")
+    code = _SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
+    if code is None:
+        raise NpvitposeError(f"{name}: tensor {_short(key)} has unsupported dtype {_short(info.get('dtype'))}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise NpvitposeError(f"{name}: tensor {_short(key)} has a bad shape {_short(shape)}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+        or not 0 <= offsets[0] <= offsets[1] <= data_len
+    ):
+        raise NpvitposeError(f"{name}: tensor {_short(key)} has data offsets {_short(offsets)} outside the file (truncated?)")
+    count = 1
+    for n in shape:
+        count *= n
+    if count * _itemsize(code) != offsets[1] - offsets[0]:
+        raise NpvitposeError(
+            f"{name}: tensor {_short(key)} of shape {tuple(shape)} needs {count * _itemsize(code)} bytes, "
+            f"its offsets span {offsets[1] - offsets[0]}"
+        )
+    return code, tuple(shape), offsets[0], offsets[1]

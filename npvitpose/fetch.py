@@ -1,0 +1,307 @@
+"""Download published ViTPose weights (standard library only) and convert them to an npvitpose .npz.
+
+Files land in `<cache>/downloads/<owner>--<repo>/`, the converted model in `<cache>/<name>.npz`;
+the cache is `~/.cache/npvitpose` unless `NPVITPOSE_CACHE` or the `cache_dir` argument says otherwise.
+Downloads resume from a `.part` file with an HTTP Range request, are checked against the sha256 the
+Hugging Face hub sends for LFS files (`X-Linked-Etag`), and are renamed into place only when complete.
+"""
+
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import NamedTuple
+
+from .errors import NpvitposeError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_CHUNK = 1 << 20
+_ATTEMPTS = 5  # a transfer cut mid-body is resumed at most this many times
+_TIMEOUT = 60.0  # seconds without data before a connection counts as failed
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class Source(NamedTuple):
+    repo: str  # Hugging Face repo id
+    files: tuple  # files to download; the last one is the weights
+    sha256: tuple  # known sha256 per file, or None where not recorded (the hub's X-Linked-Etag is used then)
+    convert_from: str  # "folder" (HF config.json + model.safetensors) or "file" (an official .pth)
+
+
+def _hf(repo):
+    return Source(repo, ("config.json", "model.safetensors"), (None, None), "folder")
+
+
+def _pth(file_name):
+    return Source("nielsr/vitpose-original-checkpoints", (file_name,), (None,), "file")
+
+
+# spec 7: the transformers-format repos of usyd-community and the official .pth mirror of nielsr
+SOURCES = {
+    "vitpose-base-simple": _hf("usyd-community/vitpose-base-simple"),
+    "vitpose-base": _hf("usyd-community/vitpose-base"),
+    "vitpose-base-coco-aic-mpii": _hf("usyd-community/vitpose-base-coco-aic-mpii"),
+    "vitpose-plus-small": _hf("usyd-community/vitpose-plus-small"),
+    "vitpose-plus-base": _hf("usyd-community/vitpose-plus-base"),
+    "vitpose-plus-large": _hf("usyd-community/vitpose-plus-large"),
+    "vitpose-plus-huge": _hf("usyd-community/vitpose-plus-huge"),
+    "original-vitpose-base-simple": _pth("vitpose-b-simple.pth"),
+    "original-vitpose-base": _pth("vitpose-b.pth"),
+    "original-vitpose-base-coco-aic-mpii": _pth("vitpose_base_coco_aic_mpii.pth"),
+    "original-vitpose-plus-small": _pth("vitpose+_small.pth"),
+    "original-vitpose-plus-base": _pth("vitpose+_base.pth"),
+    "original-vitpose-plus-large": _pth("vitpose+_large.pth"),
+    "original-vitpose-plus-huge": _pth("vitpose+_huge.pth"),
+}
+
+_SHORT = {"small": "s", "base": "b", "large": "l", "huge": "h"}
+
+
+def _aliases():
+    """Short names (vitpose-b, vitpose-plus-s, original-vitpose-b-simple, ...) and HF repo ids."""
+    table = {}
+    for name, source in SOURCES.items():
+        short = "-".join(_SHORT.get(part, part) for part in name.split("-"))
+        table[short] = name
+        if source.convert_from == "folder":
+            table[source.repo.lower()] = name
+    return table
+
+
+ALIASES = _aliases()
+
+
+def canonical_name(name):
+    """A known model name or alias -> its canonical name; NpvitposeError for anything else."""
+    key = str(name).strip().lower()
+    if key in SOURCES:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    raise NpvitposeError(f"unknown model name {name!r}; known: {', '.join(SOURCES)} (short forms like vitpose-b work too)")
+
+
+def cache_folder(path=None):
+    """The cache folder: the argument, else $NPVITPOSE_CACHE, else ~/.cache/npvitpose."""
+    if path:
+        return os.path.abspath(os.path.expanduser(str(path)))
+    env = os.environ.get("NPVITPOSE_CACHE")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "npvitpose")
+
+
+def model_path(name, cache=None, dataset=None):
+    """Where `fetch(name, cache, dataset=dataset)` puts its .npz (whether or not it exists yet)."""
+    stem = canonical_name(name) + (f"-{dataset}" if dataset else "")
+    return os.path.join(cache_folder(cache), stem + ".npz")
+
+
+def endpoint_url(endpoint=None):
+    """The hub address: the argument, else $HF_ENDPOINT (the usual mirror switch), else huggingface.co."""
+    url = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    return url.rstrip("/")
+
+
+def file_url(endpoint, repo, file_name):
+    return f"{endpoint}/{repo}/resolve/main/{urllib.parse.quote(file_name)}"
+
+
+class Progress:
+    """A one-line progress bar on stderr; silent unless enabled (default: only when stderr is a terminal)."""
+
+    def __init__(self, total, label, enabled=None, unit=""):
+        self.total, self.label, self.unit, self.done = total, label, unit, 0
+        self.enabled = _isatty(sys.stderr) if enabled is None else bool(enabled)
+        self._last = 0.0
+
+    def update(self, step=1):
+        self.done += step
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or (self.total and self.done >= self.total)):
+            self._last = now
+            sys.stderr.write("\r" + self._line())
+            sys.stderr.flush()
+
+    def _line(self):
+        if self.unit == "MB":
+            done, total = f"{self.done / 1e6:.1f}", (f"{self.total / 1e6:.1f}" if self.total else "?")
+        else:
+            done, total = str(self.done), (str(self.total) if self.total else "?")
+        if not self.total:
+            return f"{self.label} {done} {self.unit}".rstrip()
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * 30)
+        return f"{self.label} [{bar:<30}] {done}/{total} {self.unit} {frac:4.0%}".rstrip()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\r" + self._line() + "\n")
+            sys.stderr.flush()
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _RecordRedirects(urllib.request.HTTPRedirectHandler):
+    """Keeps the headers of redirect responses: the hub puts X-Linked-Etag on its 302 to the CDN."""
+
+    def __init__(self):
+        self.headers = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Cut(Exception):
+    """The transfer stopped before the end: worth resuming."""
+
+
+def _sha_from_headers(header_sets):
+    """The sha256 the server vouches for: X-Linked-Etag (LFS files on the hub), else a 64-hex ETag."""
+    for key in ("X-Linked-Etag", "ETag"):
+        for headers in header_sets:
+            value = (headers.get(key) or "").strip()
+            value = value[2:] if value.startswith("W/") else value
+            value = value.strip('"').lower()
+            if _HEX64.fullmatch(value):
+                return value
+    return None
+
+
+def _content_range(value):
+    """'bytes 100-199/1000' -> (100, 1000); None when absent or unparseable (total may be None for '*')."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
+    if not m:
+        return None
+    return int(m.group(1)), (None if m.group(3) == "*" else int(m.group(3)))
+
+
+def _attempt(url, part, label, progress):
+    """One HTTP request appending to `part`; returns (expected size or None, sha256 from headers or None)."""
+    offset = os.path.getsize(part) if os.path.exists(part) else 0
+    headers = {"User-Agent": "npvitpose", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    redirects = _RecordRedirects()
+    opener = urllib.request.build_opener(redirects)
+    try:
+        response = opener.open(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # the .part is not a prefix of this file any more: start over
+            os.remove(part)
+            raise _Cut(f"HTTP 416 for {url}") from None
+        raise NpvitposeError(f"download failed: HTTP {e.code} {e.reason} for {url}") from None
+    except urllib.error.URLError as e:
+        raise NpvitposeError(f"download failed: cannot reach {url}: {e.reason}") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise NpvitposeError(f"download failed: {url}: {e or type(e).__name__}") from None
+    with response:
+        sha = _sha_from_headers(redirects.headers + [response.headers])
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if response.status == 206:
+            rng = _content_range(response.headers.get("Content-Range"))
+            if rng is None or rng[0] != offset:
+                os.remove(part)
+                raise _Cut(f"unexpected Content-Range from {url}")
+            total = rng[1]
+            mode = "ab"
+        else:  # 200: the server sent the whole file (it may ignore Range)
+            offset, mode = 0, "wb"
+            total = length
+        bar = Progress(total, label, progress, unit="MB")
+        bar.update(offset)
+        try:
+            with open(part, mode) as f:
+                while True:
+                    try:
+                        chunk = response.read(_CHUNK)
+                    except (OSError, http.client.HTTPException) as e:
+                        raise _Cut(f"transfer of {url} interrupted: {e or type(e).__name__}") from None
+                    if not chunk:
+                        break
+                    f.write(chunk)  # a local disk error propagates as OSError, not as a network cut
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+        size = os.path.getsize(part)
+        if total is not None and size < total:
+            raise _Cut(f"transfer of {url} stopped at {size} of {total} bytes")
+        if total is not None and size > total:
+            os.remove(part)
+            raise NpvitposeError(f"download of {url} is larger than announced ({size} > {total} bytes); deleted")
+        return total, sha
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url, dest, sha256=None, progress=None):
+    """Fetch `url` into `dest` (resuming `dest.part`), verify its sha256 when known, rename into place."""
+    if os.path.exists(dest):
+        return dest
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    part = dest + ".part"
+    label = os.path.basename(dest)
+    last = None
+    for _ in range(_ATTEMPTS):
+        try:
+            _, header_sha = _attempt(url, part, label, progress)
+            break
+        except _Cut as e:
+            last = e
+    else:
+        raise NpvitposeError(f"download failed after {_ATTEMPTS} attempts: {last}; run again to resume")
+    expected = (sha256 or header_sha or "").lower() or None
+    if expected is not None:
+        actual = _sha256(part)
+        if actual != expected:
+            os.remove(part)
+            raise NpvitposeError(
+                f"checksum mismatch for {url}: sha256 {actual}, expected {expected}; the download was deleted"
+            )
+    os.replace(part, dest)
+    return dest
+
+
+def fetch(name, cache_dir=None, endpoint=None, progress=None, dataset=None):
+    """Download the model `name` (see SOURCES / ALIASES) if needed and return the path of its .npz.
+
+    `dataset` picks the head/expert of a multi-dataset checkpoint (see npvitpose.convert.convert);
+    the result is then cached as `<name>-<dataset>.npz`.
+    """
+    canonical = canonical_name(name)
+    cache = cache_folder(cache_dir)
+    out = model_path(canonical, cache, dataset)
+    if os.path.exists(out):
+        return out
+    source = SOURCES[canonical]
+    folder = os.path.join(cache, "downloads", source.repo.replace("/", "--"))
+    base = endpoint_url(endpoint)
+    paths = [
+        download(file_url(base, source.repo, file_name), os.path.join(folder, file_name), sha, progress)
+        for file_name, sha in zip(source.files, source.sha256)
+    ]
+    src = folder if source.convert_from == "folder" else paths[-1]
+    from .convert import convert
+
+    convert(src, out, dataset)
+    return out
+

@@ -1,0 +1,207 @@
+"""Top-down pipeline: boxes -> affine crops -> model -> flip-averaged heatmaps -> keypoints (spec 0, 4, 5)."""
+
+import os
+
+import numpy as np
+
+from .decode import MODES, RULES, decode as decode_heatmaps, flip_back
+from .errors import NpvitposeError
+from .images import as_rgb, read_image
+from .kernels.warp import warp_normalize
+
+CROP_W, CROP_H = 192, 256  # model input (width, height)
+ASPECT = CROP_W / CROP_H  # spec 4.1: r = 0.75
+PADDING = 1.25  # spec 4.1: ROI = 1.25 x the aspect-fixed box
+PIXEL_STD = 200.0  # spec 4.1: scale is in units of 200 px
+CHUNK = 16  # crops per forward (plus their flips): bounds the activation memory
+
+
+def box_to_center_scale(boxes_xywh):
+    """COCO xywh boxes (N, 4) -> center (N, 2) and scale (N, 2), float32 (spec 4.1, `_box2cs`).
+
+    The arithmetic is float64 (Python floats, as the official per-box code) and stored as float32;
+    the aspect ratio is fixed to 0.75 by growing w or h, then the scale is multiplied by 1.25.
+    """
+    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    x, y, w, h = b.T
+    center = np.stack([x + w * 0.5, y + h * 0.5], axis=1).astype(np.float32)
+    wide, tall = w > ASPECT * h, w < ASPECT * h
+    h = np.where(wide, w * 1.0 / ASPECT, h)
+    w = np.where(tall, h * ASPECT, w)
+    scale = np.stack([w / PIXEL_STD, h / PIXEL_STD], axis=1).astype(np.float32)
+    return center, (scale * np.float32(PADDING)).astype(np.float32)
+
+
+def udp_matrix(center, scale):
+    """UDP crop matrix, image -> (192, 256) crop, for (2,) or (N, 2) center/scale (spec 4.3).
+
+    `get_warp_matrix(0, 2c, size - 1, 200 s)` evaluated in float64 as under NumPy 1 and stored as
+    float32: the ROI edges land on pixel centres 0 and 191 (255). Returns (2, 3) or (N, 2, 3) float32.
+    """
+    c = np.asarray(center, dtype=np.float32)
+    roi = (np.asarray(scale, dtype=np.float32) * np.float32(PIXEL_STD)).astype(np.float64)
+    twice_c = (c * np.float32(2)).astype(np.float64)
+    sx = (CROP_W - 1.0) / roi[..., 0]
+    sy = (CROP_H - 1.0) / roi[..., 1]
+    m = np.zeros(c.shape[:-1] + (2, 3), dtype=np.float32)
+    m[..., 0, 0] = sx
+    m[..., 0, 2] = sx * (-0.5 * twice_c[..., 0] + 0.5 * roi[..., 0])  # rotation 0: cos = 1, sin = 0
+    m[..., 1, 1] = sy
+    m[..., 1, 2] = sy * (-0.5 * twice_c[..., 1] + 0.5 * roi[..., 1])
+    return m
+
+
+def classic_matrix(center, scale):
+    """Classic crop matrix (spec 4.4, `get_affine_transform(c, s, 0, (192, 256))`), float64.
+
+    Three float32 point pairs (centre, a point S_w/2 above it, and the third point of the right
+    angle) are solved like cv2.getAffineTransform does: a 6x6 system by OpenCV's LU with partial
+    pivoting, in double precision. Takes (2,) or (N, 2); returns (2, 3) or (N, 2, 3) float64.
+    """
+    c = np.asarray(center, dtype=np.float32)
+    s = np.asarray(scale, dtype=np.float32)
+    flat_c, flat_s = c.reshape(-1, 2), s.reshape(-1, 2)
+    dst = np.array([[96, 128], [96, 32], [0, 32]], dtype=np.float32)  # centre, 96 px up, 96 px left
+    out = np.empty((len(flat_c), 2, 3))
+    for i, (ci, si) in enumerate(zip(flat_c, flat_s)):
+        roi_w = si[0] * np.float32(PIXEL_STD)
+        src = np.empty((3, 2), dtype=np.float32)
+        src[0] = ci
+        src[1] = ci.astype(np.float64) + np.array([0.0, float(roi_w) * -0.5])
+        d = src[0] - src[1]
+        src[2] = src[1] + np.array([-d[1], d[0]], dtype=np.float32)
+        out[i] = _affine_from_points(src, dst)
+    return out.reshape(c.shape[:-1] + (2, 3))
+
+
+def _affine_from_points(src, dst):
+    """cv2.getAffineTransform: the 6x6 system [x y 1 0 0 0; 0 0 0 x y 1] m = dst, OpenCV LU order."""
+    a, b = [], []
+    for (x, y), (u, v) in zip(src.astype(np.float64).tolist(), dst.astype(np.float64).tolist()):
+        a += [[x, y, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, x, y, 1.0]]
+        b += [u, v]
+    return np.array(_lu_solve(a, b)).reshape(2, 3)
+
+
+def _lu_solve(a, b):
+    """OpenCV's LUImpl on Python floats (IEEE double, no fused multiply-add): same rounding steps."""
+    m = len(a)
+    for i in range(m):
+        k = max(range(i, m), key=lambda j: (abs(a[j][i]), -j))  # first largest pivot
+        if abs(a[k][i]) < np.finfo(np.float64).eps * 10:
+            raise NpvitposeError("degenerate box: the crop matrix is singular")
+        if k != i:
+            a[i], a[k] = a[k], a[i]
+            b[i], b[k] = b[k], b[i]
+        d = -1.0 / a[i][i]
+        for j in range(i + 1, m):
+            alpha = a[j][i] * d
+            for col in range(i + 1, m):
+                a[j][col] += alpha * a[i][col]
+            b[j] += alpha * b[i]
+    for i in range(m - 1, -1, -1):
+        s = b[i]
+        for col in range(i + 1, m):
+            s -= a[i][col] * b[col]
+        b[i] = s / a[i][i]
+    return b
+
+
+def crop_matrices(centers, scales, mode):
+    """(N, 2, 3) image -> crop matrices for the warp mode of the model (spec 4.2)."""
+    if mode not in MODES:
+        raise NpvitposeError(f"unknown warp mode {mode!r}; expected 'udp' or 'classic'")
+    return udp_matrix(centers, scales) if mode == "udp" else classic_matrix(centers, scales)
+
+
+def crop_batch(image_rgb, centers, scales, mode, flip=True, out=None):
+    """Warp and normalize the crops of one image: pixels (N, 3, 256, 192), or (2N, ...) with flip.
+
+    image_rgb: (H, W, 3) uint8 RGB. With flip the batch holds the N crops then their N mirror images
+    (spec 5.1 step 2: the flip of the normalized tensor equals the normalized mirrored crop).
+    `out` may be a preallocated C-contiguous float32 array of exactly that shape.
+    """
+    image = np.ascontiguousarray(image_rgb)
+    matrices = crop_matrices(np.asarray(centers).reshape(-1, 2), np.asarray(scales).reshape(-1, 2), mode)
+    shape = (len(matrices) * (2 if flip else 1), 3, CROP_H, CROP_W)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    return warp_normalize(image, matrices, out, flip=flip)
+
+
+def parse_boxes(boxes, box_format="xywh"):
+    """Validate boxes (N, 4) or (N, 5) (the 5th column, a detector score, is ignored) -> xywh float64 (N, 4).
+
+    box_format "xywh" (COCO: x, y, width, height) or "xyxy" (corners; width = x2 - x1, no +1).
+    """
+    if box_format not in ("xywh", "xyxy"):
+        raise NpvitposeError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise NpvitposeError("boxes must be a list or array of numbers, shape (N, 4) or (N, 5)") from None
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    if arr.ndim != 2 or arr.shape[1] not in (4, 5):
+        raise NpvitposeError(f"boxes must have shape (N, 4) or (N, 5), got {arr.shape}")
+    arr = arr[:, :4].copy()
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:
+        raise NpvitposeError(f"box {bad[0]} has a non-finite value: {arr[bad[0]].tolist()}")
+    if box_format == "xyxy":
+        arr[:, 2:] -= arr[:, :2]
+    bad = np.flatnonzero((arr[:, 2] <= 0) | (arr[:, 3] <= 0))
+    if bad.size:
+        w, h = arr[bad[0], 2:]
+        raise NpvitposeError(f"box {bad[0]} has zero or negative size (width {w:g}, height {h:g})")
+    return arr
+
+
+def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, decode="default",
+            return_heatmaps=False):
+    """Top-down pose estimation of the people in `boxes` (spec 0).
+
+    model: has `.meta` ("mode", "flip_pairs"), `.num_keypoints` and `.forward(pixels) -> heatmaps`.
+    image: (H, W, 3) uint8 array in `color` order ("rgb" or "bgr"), (H, W) grayscale, or a file path.
+    boxes: (N, 4) or (N, 5) in `box_format` ("xywh" or "xyxy"). flip: average with the mirrored crop
+    (spec 5.1). decode: "default", "argmax", "quarter" or "dark-udp" (see `decode.decode`).
+    Returns keypoints (N, K, 2) float32 (x, y), scores (N, K) float32 (maxval of the flip-averaged
+    heatmap, spec 5.2) and, with return_heatmaps, the averaged heatmaps (N, K, 64, 48) float32.
+    """
+    if decode not in RULES:
+        raise NpvitposeError(f"unknown decode rule {decode!r}; choose one of {', '.join(RULES)}")
+    if isinstance(image, (str, os.PathLike)):
+        rgb = read_image(image)
+    else:
+        rgb = as_rgb(image, color)
+    xywh = parse_boxes(boxes, box_format)
+    mode = model.meta["mode"]
+    shift = mode == "classic"  # spec 5.1 step 4 / trap 10: classic configs shift the flipped map
+    pairs = model.meta.get("flip_pairs", [])
+    k = int(model.num_keypoints)
+    n = len(xywh)
+    centers, scales = box_to_center_scale(xywh)
+    heatmaps = None
+    buffer = None
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        m = stop - start
+        shape = (m * (2 if flip else 1), 3, CROP_H, CROP_W)
+        if buffer is None or buffer.shape != shape:
+            buffer = np.empty(shape, dtype=np.float32)
+        pixels = crop_batch(rgb, centers[start:stop], scales[start:stop], mode, flip=flip, out=buffer)
+        out = np.asarray(model.forward(pixels), dtype=np.float32)
+        if out.ndim != 4 or out.shape[:2] != (len(pixels), k):
+            raise NpvitposeError(f"model returned heatmaps of shape {out.shape}, expected ({len(pixels)}, {k}, H, W)")
+        if flip:
+            out = (out[:m] + flip_back(out[m:], pairs, shift)) * np.float32(0.5)  # spec 5.1 step 5
+        if heatmaps is None:
+            heatmaps = np.empty((n,) + out.shape[1:], dtype=np.float32)
+        heatmaps[start:stop] = out
+    if heatmaps is None:
+        keypoints = np.zeros((0, k, 2), dtype=np.float32)
+        scores = np.zeros((0, k), dtype=np.float32)
+        heatmaps = np.zeros((0, k, CROP_H // 4, CROP_W // 4), dtype=np.float32)
+    else:
+        keypoints, scores = decode_heatmaps(heatmaps, centers, scales, mode, decode)
+    return (keypoints, scores, heatmaps) if return_heatmaps else (keypoints, scores)
