@@ -120,14 +120,18 @@ def _source(xy0, delta):
 
 
 @jit
-def _blend(img, sx, sy, fx, fy, c):
+def _inside(img, sx, sy):
+    return sx >= 0 and sy >= 0 and sx + 1 < img.shape[1] and sy + 1 < img.shape[0]
+
+
+@jit
+def _blend(img, sx, sy, fx, fy, c, inside):
     """Fixed-point bilinear sample of channel c; neighbours outside the image are 0 but keep their weight.
 
-    The weights (32 - f)(32 - g)·32 are exactly OpenCV's 15-bit table: the float products are multiples
-    of 1/1024, so rounding and the fix-up to a sum of 32768 change nothing for 8-bit data.
+    The weights (32 - fx)(32 - fy)·32 etc. are exactly OpenCV's 15-bit table: the float products are
+    multiples of 1/1024, so its rounding and fix-up to a sum of 32768 change nothing for 8-bit data.
     """
-    h, w = img.shape[0], img.shape[1]
-    if sx >= 0 and sy >= 0 and sx + 1 < w and sy + 1 < h:
+    if inside:
         acc = (
             (32 - fy) * ((32 - fx) * np.int64(img[sy, sx, c]) + fx * np.int64(img[sy, sx + 1, c]))
             + fy * ((32 - fx) * np.int64(img[sy + 1, sx, c]) + fx * np.int64(img[sy + 1, sx + 1, c]))
@@ -136,11 +140,11 @@ def _blend(img, sx, sy, fx, fy, c):
         acc = np.int64(0)
         for dy in range(2):
             yy = sy + dy
-            if 0 <= yy < h:
+            if 0 <= yy < img.shape[0]:
                 wy = fy if dy else 32 - fy
                 for dx in range(2):
                     xx = sx + dx
-                    if 0 <= xx < w:
+                    if 0 <= xx < img.shape[1]:
                         wx = fx if dx else 32 - fx
                         acc += wy * wx * 32 * np.int64(img[yy, xx, c])
     return (acc + (1 << (COEF_BITS - 1))) >> COEF_BITS
@@ -152,8 +156,9 @@ def _warp_u8(img, adelta, bdelta, x0, y0, out):
         for x in range(out.shape[1]):
             sx, fx = _source(x0[y], adelta[x])
             sy, fy = _source(y0[y], bdelta[x])
+            inside = _inside(img, sx, sy)
             for c in range(out.shape[2]):
-                out[y, x, c] = _blend(img, sx, sy, fx, fy, c)
+                out[y, x, c] = _blend(img, sx, sy, fx, fy, c, inside)
 
 
 @pjit
@@ -164,8 +169,9 @@ def _warp_normalize(img, adelta, bdelta, x0, y0, lut, out, flip):
         for x in range(width):
             sx, fx = _source(x0[i, y], adelta[i, x])
             sy, fy = _source(y0[i, y], bdelta[i, x])
+            inside = _inside(img, sx, sy)
             for c in range(3):
-                v = lut[c, _blend(img, sx, sy, fx, fy, c)]
+                v = lut[c, _blend(img, sx, sy, fx, fy, c, inside)]
                 out[i, c, y, x] = v
                 if flip:
                     out[n + i, c, y, width - 1 - x] = v

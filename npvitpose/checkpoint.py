@@ -24,6 +24,7 @@ from .errors import NpvitposeError
 
 _MAX_PICKLE_BYTES = 256 << 20  # data.pkl of a ViT-H state dict is ~100 KB; a bigger one is not a state dict
 _MAX_HEADER_BYTES = 100 << 20  # safetensors JSON header cap, checked before reading it
+_MAX_ELEMENTS = 1 << 48  # bound on sizes, strides and offsets, so NumPy's int64 byte arithmetic cannot overflow
 _BF16 = "bf16"  # marker dtype: stored as uint16, widened by shifting into the high half of a uint32
 
 # torch storage class name -> stored element type (little-endian: the only byteorder accepted)
@@ -61,6 +62,11 @@ def _short(key) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _one_line(error) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def _itemsize(code: str) -> int:
     return 2 if code == _BF16 else np.dtype(code).itemsize
 
@@ -90,35 +96,62 @@ def _map_file(path: str, what: str):
 # .pth (PyTorch >= 1.6 zip format: <prefix>/data.pkl + <prefix>/data/<key>, spec 3.1)
 
 
-class _StorageType:
-    """Inert stand-in for `torch.FloatStorage` & co.: only carries the element type."""
+class _Inert:
+    """Base of the objects the unpickler hands out: a pickle BUILD opcode must not rewrite them."""
 
-    def __init__(self, name: str, code: str):
-        self.name, self.code = name, code
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise NpvitposeError("object state where a state dict has none")
 
 
-class _Storage:
+class _StorageType(_Inert):
+    """Stand-in for `torch.FloatStorage` & co.: only carries the element type."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: str):
+        self.code = code
+
+
+class _Storage(_Inert):
     """A persistent-id reference to the zip member `data/<key>`; read only when a tensor needs it."""
+
+    __slots__ = ("key", "code", "numel")
 
     def __init__(self, key: str, code: str, numel: int):
         self.key, self.code, self.numel = key, code, numel
 
 
-class _TensorRef:
-    """What `_rebuild_tensor_v2` returns here: a view description, materialized only for the state dict."""
+class _TensorRef(_Inert):
+    """What `_rebuild_tensor_v2` returns here: a checked view description, materialized only for the state dict."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
 
     def __init__(self, storage, offset, size, stride):
         if not isinstance(storage, _Storage):
             raise NpvitposeError("tensor without a storage")
         size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
-        if not isinstance(offset, int) or offset < 0 or len(size) != len(stride):
+        if not isinstance(offset, int) or not 0 <= offset < _MAX_ELEMENTS or len(size) != len(stride):
             raise NpvitposeError("tensor with a bad storage offset or stride")
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
+class _Call(_Inert):
+    """An allowed function as the unpickler sees it: callable, but its attributes cannot be rewritten."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
 def _int_tuple(value, what: str) -> tuple:
     if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _MAX_ELEMENTS for v in value
     ):
         raise NpvitposeError(f"tensor with a bad {what}")
     return tuple(value)
@@ -147,18 +180,19 @@ def _torch_size(dims=()):
     return tuple(dims)
 
 
+# the whole allow-list; the types are immutable builtins, the functions are wrapped in _Call
 _SAFE_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "Size"): _torch_size,
+    ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor"): _Call(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Call(_rebuild_parameter),
+    ("torch", "Size"): _Call(_torch_size),
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("__builtin__", "set"): set,  # protocol 2 writes Python 2 module names
     ("__builtin__", "frozenset"): frozenset,
-    ("_codecs", "encode"): _codecs_encode,
+    ("_codecs", "encode"): _Call(_codecs_encode),
 }
 
 
@@ -175,7 +209,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         if found is not None:
             return found
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name, _STORAGE_DTYPES[name])
+            return _StorageType(_STORAGE_DTYPES[name])
         raise NpvitposeError(f"refused global {module}.{name} in {self._name}: not a state dict")
 
     def persistent_load(self, pid):
@@ -226,7 +260,7 @@ class _PthArchive:
         try:
             return self.zip.read(info)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
-            raise NpvitposeError(f"{self.name}: cannot read {member} ({e})") from None
+            raise NpvitposeError(f"{self.name}: cannot read {member} ({_one_line(e)})") from None
 
     def storage_bytes(self, key: str, nbytes: int) -> memoryview:
         """The raw bytes of storage `key`: a zero-copy window of the memory map, checked against the file."""

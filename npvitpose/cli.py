@@ -44,19 +44,32 @@ def _os_message(e):
 # ---------------------------------------------------------------------------------------------- files
 
 
-def _same_file(a, b):
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
+def _identity(path):
+    """(real path, (device, inode) or None): equal for two names of one file, links included."""
     try:
-        return os.path.samefile(a, b)
+        st = os.stat(path)
+        return os.path.realpath(path), (st.st_dev, st.st_ino)
     except OSError:
-        return False
+        return os.path.realpath(path), None
 
 
-def _refuse_overwrite(target, protected, flag):
-    for path in protected:
-        if path is not None and _same_file(target, path):
+class _Protected:
+    """Files an output must never replace: every input, the detections, the image list, the model."""
+
+    def __init__(self, paths):
+        ids = [_identity(p) for p in paths if p is not None]
+        self.names = {name for name, _ in ids}
+        self.inodes = {inode for _, inode in ids if inode is not None}
+
+    def check(self, target, flag):
+        name, inode = _identity(target)
+        if name in self.names or (inode is not None and inode in self.inodes):
             raise NpvitposeError(f"{flag} {target!r} is one of the input files; refusing to overwrite it")
+
+
+def _same_file(a, b):
+    (na, ia), (nb, ib) = _identity(a), _identity(b)
+    return na == nb or (ia is not None and ia == ib)
 
 
 def _check_folder(path, flag):
@@ -143,10 +156,14 @@ def resolve_model(spec, cache=None):
     try:
         canonical = fetch.canonical_name(spec)
     except NpvitposeError:
-        raise NpvitposeError(f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)") from None
+        raise NpvitposeError(
+            f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)"
+        ) from None
     path = fetch.model_path(canonical, cache)
     if not os.path.exists(path):
-        raise NpvitposeError(f"model {spec!r} is not in the cache {os.path.dirname(path)!r}; run `npvitpose fetch {spec}` first")
+        raise NpvitposeError(
+            f"model {spec!r} is not in the cache {os.path.dirname(path)!r}; run `npvitpose fetch {spec}` first"
+        )
     return path
 
 
@@ -233,7 +250,8 @@ class Runner:
         self.skeleton = model.meta.get("skeleton") or (dataset.skeleton if dataset else ())
         self.sigmas = dataset.sigmas if dataset is not None else None
         if args.nms_thr is not None and (self.sigmas is None or len(self.sigmas) != model.num_keypoints):
-            raise NpvitposeError(f"--nms-thr needs OKS sigmas, which dataset {model.meta.get('dataset')!r} does not have")
+            name = model.meta.get("dataset")
+            raise NpvitposeError(f"--nms-thr needs OKS sigmas, which dataset {name!r} does not have")
 
     def predict(self, image, boxes, box_scores):
         """-> (kept keypoints (N, K, 2), scores (N, K), instance scores (N,), boxes (N, 4))."""
@@ -304,8 +322,8 @@ def _vis_targets(vis, inputs):
 def _infer_image(runner, detections, path, vis_target):
     from .images import read_image
 
-    image_id, boxes, box_scores = detections.for_image(path)
     image = read_image(path)
+    image_id, boxes, box_scores = detections.for_image(path)
     keypoints, scores, inst, boxes = runner.predict(image, boxes, box_scores)
     if vis_target is not None:
         os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)
@@ -381,26 +399,28 @@ def cmd_infer(args, parser):
     videos = [p for p in inputs if _is_video(p)]
     if videos and len(inputs) > 1:
         raise NpvitposeError("a video must be the only input (its detections use the frame index as image_id)")
+    if args.image_id is not None and videos:
+        raise NpvitposeError("--image-id does not apply to a video: its detections use the frame index as image_id")
     if args.image_id is not None and len(inputs) > 1:
-        raise NpvitposeError("--image-id selects the detections of one image; with several, use --images or COCO file names")
+        raise NpvitposeError("--image-id selects the detections of one image; for several, use --images or COCO names")
     _set_threads(args.threads)
 
     model_path = resolve_model(args.model, args.cache)
-    protected = inputs + [boxes_path, args.images, model_path]
+    protected = _Protected(inputs + [boxes_path, args.images, model_path])
     if args.output is not None:
-        _refuse_overwrite(args.output, protected, "-o")
+        protected.check(args.output, "-o")
         _check_folder(args.output, "-o")
     targets = _vis_targets(args.vis, inputs)
     for target in targets:
         if target is not None:
-            _refuse_overwrite(target, protected, "--vis")
+            protected.check(target, "--vis")
             if args.output is not None and _same_file(target, args.output):
                 raise NpvitposeError(f"--vis {target!r} and -o are the same file")
 
     detections = Detections(boxes_path, args)
     if detections.plain is not None and len(inputs) > 1:
         raise NpvitposeError(
-            f"{detections.name}: a plain box list is for one image; for several, use COCO detection results with image_id"
+            f"{detections.name}: a plain box list is for one image; for several, use COCO detection results"
         )
     runner = Runner(load(model_path), args)
 
@@ -444,10 +464,8 @@ def cmd_convert(args, parser):
 
     if not os.path.exists(args.src):
         raise NpvitposeError(f"{args.src!r}: no such file or folder")
-    _refuse_overwrite(args.output, [args.src], "-o")
-    if os.path.isdir(args.src):
-        for name in os.listdir(args.src):
-            _refuse_overwrite(args.output, [os.path.join(args.src, name)], "-o")
+    inside = [os.path.join(args.src, n) for n in os.listdir(args.src)] if os.path.isdir(args.src) else []
+    _Protected([args.src, *inside]).check(args.output, "-o")
     _check_folder(args.output, "-o")
     meta = convert(args.src, args.output, args.dataset)
     print(f"{args.output}: {meta.get('dataset')} model, {meta.get('head')} head, "
@@ -470,13 +488,16 @@ def cmd_fetch(args, parser):
 
 
 def cmd_bench(argv):
+    """Delegate to npvitpose.bench (imported only here): its `add_arguments(parser)` and `main(args)`."""
     try:
         bench = importlib.import_module("npvitpose.bench")
     except ModuleNotFoundError as e:
         if e.name != "npvitpose.bench":
-            raise NpvitposeError(f"bench needs the optional package {e.name!r}: pip install 'npvitpose[bench]'") from None
+            raise NpvitposeError(f"bench needs the package {e.name!r}: pip install 'npvitpose[bench]'") from None
         raise NpvitposeError("this npvitpose has no bench module") from None
-    code = bench.main(argv)
+    parser = argparse.ArgumentParser(prog=f"{PROG} bench", description="Speed benchmarks.")
+    bench.add_arguments(parser)
+    code = bench.main(parser.parse_args(argv))
     return 0 if code is None else int(code)
 
 

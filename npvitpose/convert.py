@@ -163,6 +163,14 @@ def _f32(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
+def _show(key) -> str:
+    """A key as it reads in a one-line message: plain when printable, else escaped and cut."""
+    if isinstance(key, str) and key.isprintable() and len(key) <= 120:
+        return key
+    text = repr(key)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _require(state: dict, key: str, name: str):
     if key not in state:
         raise NpvitposeError(f"{name}: missing key {key}")
@@ -213,6 +221,8 @@ def _dense_weights(state: dict, name: str, dataset, hf_names: bool):
                 # spec 1.6 / trap 17: dense fc2 = shared rows, then the chosen expert's rows
                 weights[shared] = np.concatenate([_f32(_require(state, shared, name)), _f32(extra)], axis=0)
 
+    if moe and not any(k.startswith(head_prefix) for k in state):
+        raise NpvitposeError(f"{name}: missing key {head_prefix}final_layer.weight (the {dataset} head)")
     final = _require(weights, "keypoint_head.final_layer.weight", name)
     if final.ndim == 4 and final.shape[2:] == (3, 3):
         head = "simple"  # spec 2.2: (K, C, 3, 3) without deconvs
@@ -262,7 +272,7 @@ def _check_keys(weights: dict, sizes: dict, name: str) -> None:
     expected = weight_shapes(cfg)
     for key in weights:
         if key not in expected:
-            raise NpvitposeError(f"{name}: unknown key {key}")
+            raise NpvitposeError(f"{name}: unknown key {_show(key)}")
     for key, shape in expected.items():
         value = _require(weights, key, name)
         if value.shape != tuple(shape):

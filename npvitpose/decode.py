@@ -1,5 +1,6 @@
 """Heatmaps -> keypoints, as the official mmpose 0.x test pipeline decodes them (spec 5.1-5.6).
 
+This is mmpose decoding, not HF post_process_pose_estimation (other blur, no flip test: trap 20).
 Everything is vectorised NumPy over (N people, K keypoints). Precision follows the official code run
 under NumPy 1: float32 maps and coordinates, float64 where the official code promoted to it.
 """
@@ -112,11 +113,13 @@ def dark_udp(heatmaps, coords):
     pn, pk = np.nonzero(valid)
     px = coords[pn, pk, 0].astype(np.int64)
     py = coords[pn, pk, 1].astype(np.int64)
-    blurred = gaussian_blur(heatmaps[pn, pk])  # (M, H, W)
     # spec 5.3 step 3: edge padding by one pixel == clamping the 3x3 neighbourhood into the map
     ys = np.clip(py[:, None] + np.arange(-1, 2), 0, h - 1)  # (M, 3)
     xs = np.clip(px[:, None] + np.arange(-1, 2), 0, w - 1)  # (M, 3)
-    patch = blurred[np.arange(len(pn))[:, None, None], ys[:, :, None], xs[:, None, :]]  # (M, 3, 3)
+    # step 1, only where step 3 reads it: the 3x3 patch of the blurred map, rows(ys) @ map @ cols(xs).T
+    maps = heatmaps[pn, pk].astype(np.float64)  # (M, H, W)
+    rows, cols = _blur_matrix(h)[ys], _blur_matrix(w)[xs]  # (M, 3, H), (M, 3, W)
+    patch = ((rows @ maps) @ cols.transpose(0, 2, 1)).astype(np.float32)  # (M, 3, 3)
     patch = np.log(np.clip(patch, np.float32(0.001), np.float32(50.0)))  # spec 5.3 step 2, float32
     i_, ix1, ix1_ = patch[:, 1, 1], patch[:, 1, 2], patch[:, 1, 0]
     iy1, iy1_ = patch[:, 2, 1], patch[:, 0, 1]

@@ -83,7 +83,7 @@ def canonical_name(name):
         return key
     if key in ALIASES:
         return ALIASES[key]
-    raise NpvitposeError(f"unknown model name {name!r}; known: {', '.join(SOURCES)} (short forms like vitpose-b work too)")
+    raise NpvitposeError(f"unknown model name {name!r}; known: {', '.join(SOURCES)} (and short forms like vitpose-b)")
 
 
 def cache_folder(path=None):
@@ -119,14 +119,20 @@ class Progress:
     def __init__(self, total, label, enabled=None, unit=""):
         self.total, self.label, self.unit, self.done = total, label, unit, 0
         self.enabled = _isatty(sys.stderr) if enabled is None else bool(enabled)
-        self._last = 0.0
+        self._last, self._shown = 0.0, None
 
     def update(self, step=1):
         self.done += step
         now = time.monotonic()
         if self.enabled and (now - self._last > 0.1 or (self.total and self.done >= self.total)):
             self._last = now
-            sys.stderr.write("\r" + self._line())
+            self._draw()
+
+    def _draw(self):
+        line = self._line()
+        if line != self._shown:
+            self._shown = line
+            sys.stderr.write("\r" + line)
             sys.stderr.flush()
 
     def _line(self):
@@ -142,7 +148,8 @@ class Progress:
 
     def close(self):
         if self.enabled:
-            sys.stderr.write("\r" + self._line() + "\n")
+            self._draw()
+            sys.stderr.write("\n")
             sys.stderr.flush()
 
 

@@ -24,12 +24,13 @@ def box_to_center_scale(boxes_xywh):
     """
     b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
     x, y, w, h = b.T
-    center = np.stack([x + w * 0.5, y + h * 0.5], axis=1).astype(np.float32)
     wide, tall = w > ASPECT * h, w < ASPECT * h
-    h = np.where(wide, w * 1.0 / ASPECT, h)
-    w = np.where(tall, h * ASPECT, w)
-    scale = np.stack([w / PIXEL_STD, h / PIXEL_STD], axis=1).astype(np.float32)
-    return center, (scale * np.float32(PADDING)).astype(np.float32)
+    with np.errstate(over="ignore"):  # out-of-range boxes become inf; predict() rejects them
+        center = np.stack([x + w * 0.5, y + h * 0.5], axis=1).astype(np.float32)
+        h = np.where(wide, w * 1.0 / ASPECT, h)
+        w = np.where(tall, h * ASPECT, w)
+        scale = np.stack([w / PIXEL_STD, h / PIXEL_STD], axis=1).astype(np.float32)
+        return center, (scale * np.float32(PADDING)).astype(np.float32)
 
 
 def udp_matrix(center, scale):
@@ -175,12 +176,15 @@ def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, deco
     else:
         rgb = as_rgb(image, color)
     xywh = parse_boxes(boxes, box_format)
-    mode = model.meta["mode"]
+    mode = model.meta.get("mode")
     shift = mode == "classic"  # spec 5.1 step 4 / trap 10: classic configs shift the flipped map
     pairs = model.meta.get("flip_pairs", [])
     k = int(model.num_keypoints)
     n = len(xywh)
     centers, scales = box_to_center_scale(xywh)
+    bad = np.flatnonzero(~(np.isfinite(centers).all(1) & np.isfinite(scales).all(1) & (scales > 0).all(1)))
+    if bad.size:  # beyond float32 range, or so small that the scale underflows to 0
+        raise NpvitposeError(f"box {bad[0]} is too large or too small to crop: {xywh[bad[0]].tolist()}")
     heatmaps = None
     buffer = None
     for start in range(0, n, CHUNK):

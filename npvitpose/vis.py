@@ -35,7 +35,7 @@ def draw(image_rgb, keypoints, scores, skeleton, kpt_thr=0.3, radius=4, thicknes
     keypoints = np.asarray(keypoints, dtype=np.float64)  # (N, K, 2)
     scores = np.asarray(scores, dtype=np.float64)  # (N, K)
     if keypoints.ndim != 3 or keypoints.shape[2] != 2 or scores.shape != keypoints.shape[:2]:
-        raise NpvitposeError(f"draw needs keypoints (N, K, 2) and scores (N, K), got {keypoints.shape} and {scores.shape}")
+        raise NpvitposeError(f"draw needs keypoints (N, K, 2) and scores (N, K), got {keypoints.shape}, {scores.shape}")
     k = keypoints.shape[1]
     limbs = [(int(a), int(b)) for a, b in skeleton]
     if any(not (0 <= a < k and 0 <= b < k) for a, b in limbs) and len(keypoints):

@@ -86,6 +86,18 @@ def test_read_pth_bare_dict_and_bf16_bits(tmp_path):
     np.testing.assert_array_equal(got["h"], np.array([65504.0, 6e-8, -0.0], dtype=np.float16).astype(np.float32))
 
 
+def test_read_pth_module_state_dict(tmp_path):
+    # a real nn.Module state dict carries `_metadata`, applied by a BUILD opcode on the OrderedDict
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    path = tmp_path / "module.pth"
+    torch.save({"state_dict": module.state_dict(), "meta": {"epoch": 1}}, path)
+    got = read_pth(path)
+    expected = module.state_dict()
+    assert list(got) == list(expected)
+    for key, tensor in expected.items():
+        np.testing.assert_array_equal(got[key], reference(tensor), err_msg=key)
+
+
 def test_readers_need_no_torch(tmp_path):
     pth = tmp_path / "w.pth"
     st = tmp_path / "w.safetensors"
@@ -246,6 +258,24 @@ def test_raw_hostile_opcodes_are_refused(tmp_path, kind):
     assert not marker.exists()
 
 
+class StatefulTensor(FakeTensor):
+    """A tensor record followed by a BUILD opcode that would overwrite the checked size afterwards."""
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, self.args, {"size": (10**12,)}
+
+
+def test_build_cannot_rewrite_checked_objects(tmp_path):
+    path = write_archive(tmp_path / "build.pth", torch_like_pickle({"w": StatefulTensor(FakeStorage("0", 6), 0, (2, 3), (3, 1))}),
+                         GOOD_STORAGE)
+    with pytest.raises(NpvitposeError, match="object state"):
+        read_pth(path)
+    # BUILD on an allowed function: GLOBAL, then (None, {"__defaults__": ...}) as slot state
+    raw = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__)s\x86b.")
+    with pytest.raises(NpvitposeError, match="object state"):
+        read_pth(write_archive(tmp_path / "fn.pth", raw, {}))
+
+
 def test_memo_bomb_is_refused_without_allocating(tmp_path):
     path = write_archive(tmp_path / "memo.pth", b"\x80\x02Nr\xff\xff\xff\x7f.", {})
     tracemalloc.start()
@@ -270,6 +300,9 @@ def test_memo_bomb_is_refused_without_allocating(tmp_path):
         (FakeTensor(FakeStorage("0", 6), -1, (2,), (1,)), GOOD_STORAGE, "offset"),
         (FakeTensor(FakeStorage("0", 6), 0, (2, 3), (3,)), GOOD_STORAGE, "offset or stride"),
         (FakeTensor(FakeStorage("0", 6), 0, (2, -3), (3, 1)), GOOD_STORAGE, "bad size"),
+        (FakeTensor(FakeStorage("0", 6), 0, (2**70, 0), (1, 1)), GOOD_STORAGE, "bad size"),
+        (FakeTensor(FakeStorage("0", 6), 0, (1, 6), (10**30, 1)), GOOD_STORAGE, "bad stride"),
+        (FakeTensor(FakeStorage("0", 6), 2**64, (1,), (1,)), GOOD_STORAGE, "offset"),
         (FakeTensor("not a storage", 0, (2,), (1,)), GOOD_STORAGE, "without a storage"),
         ("a string", GOOD_STORAGE, "not a tensor"),
     ],

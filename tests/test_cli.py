@@ -238,3 +238,59 @@ def test_bench_missing_module_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     code, _, err = run(capsys, "bench", "--anything")
     assert code == 1 and err == "npvitpose: error: this npvitpose has no bench module\n"
+
+
+def test_convert_command(tmp_path, capsys):
+    from hf_reference import hf_folder_from_numpy, official_to_hf
+    from test_fetch import _hf_config_json
+
+    from npvitpose.model import load
+
+    cfg = Config(dim=32, depth=1, heads=2, mlp_hidden=64, num_keypoints=17, head="simple", ln_eps=1e-6)
+    weights = random_weights(cfg, seed=9)
+    hf_folder_from_numpy(_hf_config_json(cfg), official_to_hf(weights), tmp_path / "hf")
+    out = tmp_path / "m.npz"
+    code, stdout, err = run(capsys, "convert", tmp_path / "hf", "-o", out)
+    assert code == 0 and err == "" and "coco model, simple head, 17 keypoints" in stdout
+    model = load(str(out))
+    np.testing.assert_array_equal(model.weights["backbone.blocks.0.attn.qkv.weight"],
+                                  weights["backbone.blocks.0.attn.qkv.weight"])
+    before = (tmp_path / "hf" / "model.safetensors").read_bytes()
+    code, _, err = run(capsys, "convert", tmp_path / "hf", "-o", tmp_path / "hf" / "model.safetensors")
+    assert code == 1 and "refusing to overwrite" in err and err.count("\n") == 1
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == before
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    code, _, err = run(capsys, "convert", tmp_path / "junk.pth", "-o", tmp_path / "j.npz")
+    assert code == 1 and err.startswith("npvitpose: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "j.npz").exists()
+
+
+@pytest.mark.parametrize("dataset", ["coco", "wholebody", "aic", "mpii"])
+def test_draw_any_keypoint_count(dataset):
+    from npvitpose.vis import draw
+
+    ds = DATASETS[dataset]
+    k = ds.num_keypoints
+    rng = np.random.default_rng(k)
+    image = np.zeros((120, 100, 3), np.uint8)
+    keypoints = rng.uniform(5, 95, (2, k, 2))
+    high = draw(image, keypoints, np.ones((2, k)), ds.skeleton)
+    assert high.shape == image.shape and high.dtype == np.uint8 and high.any()
+    assert not image.any()  # the input is not drawn on
+    low = draw(image, keypoints, np.full((2, k), 0.1), ds.skeleton, kpt_thr=0.3)
+    assert not low.any()  # every keypoint under the threshold: nothing drawn
+    far = draw(image, np.full((1, k, 2), 1e12), np.ones((1, k)), ds.skeleton)
+    assert not far.any()  # absurd coordinates are skipped, not passed to OpenCV
+
+
+def test_bench_delegates_parsing_and_run(capsys, monkeypatch):
+    import sys
+    import types
+
+    seen = {}
+    fake = types.ModuleType("npvitpose.bench")
+    fake.add_arguments = lambda p: p.add_argument("--repeats", type=int, default=3)
+    fake.main = lambda args: seen.setdefault("repeats", args.repeats) and 0
+    monkeypatch.setitem(sys.modules, "npvitpose.bench", fake)
+    code, _, _ = run(capsys, "bench", "--repeats", 7)
+    assert code == 0 and seen == {"repeats": 7}

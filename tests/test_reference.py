@@ -45,7 +45,7 @@ CASES = [
     ("l-classic-d2", "pth", None), ("l-classic-d2", "hf", None),
     ("h-simple-d2", "pth", None), ("h-simple-d2", "hf", None),
     ("s-small-variance", "pth", None), ("s-small-variance", "hf", None),
-    ("s-small-variance-eps1e-5", "hf", None),
+    ("s-eps1e-5-config", "hf", None),
 ]
 
 # convert() in a fresh interpreter whose import system refuses torch, transformers and safetensors
@@ -59,6 +59,12 @@ class _NoTorch:
         return None
 
 sys.meta_path.insert(0, _NoTorch())
+try:
+    import torch  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("the torch blocker does not work")
 from npvitpose.convert import convert
 meta = convert(sys.argv[1], sys.argv[2], dataset=None if sys.argv[3] == "-" else sys.argv[3])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "safetensors"))
@@ -107,9 +113,7 @@ def layer_kind(key):
 
 
 def run_case(case, tmp_root: Path):
-    """Reference taps and engine taps of one (variant, format, dataset), cached for the module."""
-    if case in _RUNS:
-        return _RUNS[case]
+    """Reference taps and engine taps of one (variant, format, dataset); its heatmaps are kept in _RUNS."""
     name, fmt, dataset = case
     v = R.VARIANTS[name]
     sd = _weights(name)
@@ -136,10 +140,15 @@ def run_case(case, tmp_root: Path):
     taps = {}
     heat = model.forward(x, taps=taps)
     out.unlink()
-    result = {"variant": v, "eps": eps, "expert": expert, "meta": meta, "ref": ref, "taps": taps,
-              "heat": heat, "x": x}
-    _RUNS[case] = result
-    return result
+    _RUNS[case] = {"eps": eps, "heat": heat, "ref_heat": ref["heatmaps"]}
+    return {"variant": v, "eps": eps, "expert": expert, "meta": meta, "ref": ref, "taps": taps, "heat": heat}
+
+
+def run_heatmaps(case, tmp_root: Path):
+    """Engine and reference heatmaps of a case, from an earlier test when it ran already."""
+    if case not in _RUNS:
+        run_case(case, tmp_root)
+    return _RUNS[case]
 
 
 @pytest.fixture(scope="module")
@@ -220,15 +229,12 @@ def test_reference_checkpoint_means_the_hf_model(name):
     An official-layout forward written from spec 1-2 (fused qkv, q scaled before q.k) reproduces HF,
     so the spec 3.2 mapping used to build the reference is right, for every head of a MoE checkpoint.
     """
-    import torch
-
     v = R.VARIANTS[name]
     sd = _weights(name)
     x = R.pixels(v.seed, 1)
     for dataset in (["aic", "wholebody", None] if v.moe else [None]):
         hf = R.hf_model(v, sd, R.OFFICIAL_LN_EPS, head=R.head_prefix(v, dataset))
-        with torch.no_grad():
-            want = R.capture(hf, x, dataset_index=R.DATASET_EXPERT[dataset] if dataset else 0)["heatmaps"]
+        want = R.capture(hf, x, dataset_index=R.DATASET_EXPERT[dataset] if dataset else 0)["heatmaps"]
         got = R.official_forward_torch(v, sd, x, R.OFFICIAL_LN_EPS, dataset)
         assert R.rel_err(got, want) < 1e-5
 
@@ -250,16 +256,16 @@ def test_pth_file_round_trips(tmp_path):
 
 
 @live
-@pytest.mark.parametrize("name", ["s-small-variance", "s-small-variance-eps1e-5"])
+@pytest.mark.parametrize("name", ["s-small-variance", "s-eps1e-5-config"])
 def test_layer_norm_eps_matters(name, tmp_root):
-    """With token variance ~1e-7 the eps changes the answer: a wrong eps could not pass the bar."""
+    """With a token variance near the eps, the eps changes the answer: a wrong eps could not pass the bar."""
     v = R.VARIANTS[name]
     sd = _weights(name)
     x = R.pixels(v.seed, v.batch)
     right, wrong = v.hf_eps, R.OFFICIAL_LN_EPS
     ref = R.capture(R.hf_model(v, sd, right), x)
     var = float(ref["embeddings"].astype(np.float64).var(-1).mean())
-    assert 1e-9 < var < 1e-6, var
+    assert var < 10 * max(right, wrong), var  # the eps is not negligible against the variance
 
     # spec 1.3 layer norm of the reference embeddings: right eps matches HF's norm1, wrong eps does not
     g, b = sd["backbone.blocks.0.norm1.weight"], sd["backbone.blocks.0.norm1.bias"]
@@ -277,10 +283,10 @@ def test_layer_norm_eps_matters(name, tmp_root):
              f"HF heatmaps eps {right:g} vs {wrong:g} differ by {sensitivity:.2e}"]
     fmts = ["pth", "hf"] if name == "s-small-variance" else ["hf"]
     for fmt in fmts:
-        r = run_case((name, fmt, None), tmp_root)
+        r = run_heatmaps((name, fmt, None), tmp_root)
         other_eps = R.HF_DEFAULT_LN_EPS if fmt == "pth" else R.OFFICIAL_LN_EPS
         other_ref = R.capture(R.hf_model(v, sd, other_eps), x)["heatmaps"]
-        own = R.rel_err(r["heat"], r["ref"]["heatmaps"])
+        own = R.rel_err(r["heat"], r["ref_heat"])
         cross = R.rel_err(r["heat"], other_ref)
         assert own <= HEATMAP_BAR and cross > 1000 * HEATMAP_BAR, (fmt, own, cross)
         notes.append(f"engine({fmt}, eps {r['eps']:g}) vs HF at eps {r['eps']:g}: {own:.1e}; "

@@ -62,7 +62,8 @@ def results(work):
 
 
 def test_missing_image(capsys, work, model_path):
-    code, out, err = infer(capsys, work / "nope.jpg", work / "boxes.json", "--model", model_path, "-o", work / "out.json")
+    code, out, err = infer(capsys, work / "nope.jpg", work / "boxes.json", "--model", model_path,
+                           "-o", work / "out.json")
     assert_failed(code, out, err, work, "nope.jpg")
 
 
@@ -192,7 +193,7 @@ def test_thousand_boxes(capsys, work, model_path):
     wh = rng.uniform(10, 120, (1000, 2))
     boxes = write_json(work / "many.json", np.hstack([xy, wh]).tolist())
     code, _, err = infer(capsys, work / "good.jpg", boxes, "--model", model_path, "-o", work / "out.json",
-                         "--no-flip")
+                         "--no-flip", "--decode", "argmax")  # the fast paths: this is about the many boxes
     assert code == 0, err
     assert len(results(work)) == 1000
 
