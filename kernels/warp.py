@@ -13,7 +13,6 @@ from ._jit import jit, pjit
 
 AB_BITS = 10  # spec 4.5: coordinates are fixed point with 10 fractional bits ...
 INTER_BITS = 5  # ... then cut to 5 bits, i.e. 1/32 pixel
-COEF_BITS = 15  # bilinear weights sum to 1 << 15
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # spec 4.6: ImageNet mean/std, RGB order
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -119,59 +118,65 @@ def _source(xy0, delta):
     return min(max(p >> INTER_BITS, -32768), 32767), p & ((1 << INTER_BITS) - 1)
 
 
-@jit
-def _inside(img, sx, sy):
-    return sx >= 0 and sy >= 0 and sx + 1 < img.shape[1] and sy + 1 < img.shape[0]
+# Bilinear weights: OpenCV's 15-bit table holds (32 - fx)(32 - fy)·32 etc. exactly (the float products are
+# multiples of 1/1024, so its rounding and fix-up to a sum of 32768 change nothing for 8-bit data), and
+# (sum·32 + 16384) >> 15 == (sum + 512) >> 10, so the kernels use the 10-bit products directly.
 
 
 @jit
-def _blend(img, sx, sy, fx, fy, c, inside):
-    """Fixed-point bilinear sample of channel c; neighbours outside the image are 0 but keep their weight.
-
-    The weights (32 - fx)(32 - fy)·32 etc. are exactly OpenCV's 15-bit table: the float products are
-    multiples of 1/1024, so its rounding and fix-up to a sum of 32768 change nothing for 8-bit data.
-    """
-    if inside:
-        acc = (
-            (32 - fy) * ((32 - fx) * np.int64(img[sy, sx, c]) + fx * np.int64(img[sy, sx + 1, c]))
-            + fy * ((32 - fx) * np.int64(img[sy + 1, sx, c]) + fx * np.int64(img[sy + 1, sx + 1, c]))
-        ) * 32
-    else:
-        acc = np.int64(0)
-        for dy in range(2):
-            yy = sy + dy
-            if 0 <= yy < img.shape[0]:
-                wy = fy if dy else 32 - fy
-                for dx in range(2):
-                    xx = sx + dx
-                    if 0 <= xx < img.shape[1]:
-                        wx = fx if dx else 32 - fx
-                        acc += wy * wx * 32 * np.int64(img[yy, xx, c])
-    return (acc + (1 << (COEF_BITS - 1))) >> COEF_BITS
+def _blend_border(img, sx, sy, fx, fy, c):
+    """Bilinear sample of channel c at the image border: outside neighbours are 0 but keep their weight."""
+    acc = np.int32(0)
+    for dy in range(2):
+        yy = sy + dy
+        if 0 <= yy < img.shape[0]:
+            wy = np.int32(fy if dy else 32 - fy)
+            for dx in range(2):
+                xx = sx + dx
+                if 0 <= xx < img.shape[1]:
+                    acc += wy * np.int32(fx if dx else 32 - fx) * np.int32(img[yy, xx, c])
+    return (acc + np.int32(512)) >> 10
 
 
 @pjit
 def _warp_u8(img, adelta, bdelta, x0, y0, out):
+    h, w = img.shape[0], img.shape[1]
     for y in prange(out.shape[0]):
         for x in range(out.shape[1]):
             sx, fx = _source(x0[y], adelta[x])
             sy, fy = _source(y0[y], bdelta[x])
-            inside = _inside(img, sx, sy)
-            for c in range(out.shape[2]):
-                out[y, x, c] = _blend(img, sx, sy, fx, fy, c, inside)
+            if sx >= 0 and sy >= 0 and sx + 1 < w and sy + 1 < h:
+                w00, w01 = np.int32((32 - fx) * (32 - fy)), np.int32(fx * (32 - fy))
+                w10, w11 = np.int32((32 - fx) * fy), np.int32(fx * fy)
+                for c in range(out.shape[2]):
+                    acc = (w00 * np.int32(img[sy, sx, c]) + w01 * np.int32(img[sy, sx + 1, c])
+                           + w10 * np.int32(img[sy + 1, sx, c]) + w11 * np.int32(img[sy + 1, sx + 1, c]))
+                    out[y, x, c] = (acc + np.int32(512)) >> 10
+            else:
+                for c in range(out.shape[2]):
+                    out[y, x, c] = _blend_border(img, sx, sy, fx, fy, c)
 
 
 @pjit
 def _warp_normalize(img, adelta, bdelta, x0, y0, lut, out, flip):
     n, height, width = adelta.shape[0], x0.shape[1], adelta.shape[1]
+    h, w = img.shape[0], img.shape[1]
     for job in prange(n * height):  # one output row of one crop per job
-        i, y = job // height, job % height
+        i = job // height
+        y = job - i * height
         for x in range(width):
             sx, fx = _source(x0[i, y], adelta[i, x])
             sy, fy = _source(y0[i, y], bdelta[i, x])
-            inside = _inside(img, sx, sy)
+            inside = sx >= 0 and sy >= 0 and sx + 1 < w and sy + 1 < h
+            w00, w01 = np.int32((32 - fx) * (32 - fy)), np.int32(fx * (32 - fy))
+            w10, w11 = np.int32((32 - fx) * fy), np.int32(fx * fy)
             for c in range(3):
-                v = lut[c, _blend(img, sx, sy, fx, fy, c, inside)]
+                if inside:
+                    acc = (w00 * np.int32(img[sy, sx, c]) + w01 * np.int32(img[sy, sx + 1, c])
+                           + w10 * np.int32(img[sy + 1, sx, c]) + w11 * np.int32(img[sy + 1, sx + 1, c]))
+                    v = lut[c, (acc + np.int32(512)) >> 10]
+                else:
+                    v = lut[c, _blend_border(img, sx, sy, fx, fy, c)]
                 out[i, c, y, x] = v
                 if flip:
                     out[n + i, c, y, width - 1 - x] = v

@@ -237,7 +237,9 @@ class _PthArchive:
                 raise NpvitposeError(
                     f"{self.name} uses the legacy (PyTorch < 1.6) format: re-save it with torch.save"
                 ) from None
-            raise NpvitposeError(f"{self.name} is not a readable PyTorch zip checkpoint (truncated or corrupt)") from None
+            raise NpvitposeError(
+                f"{self.name} is not a readable PyTorch zip checkpoint (truncated or corrupt)"
+            ) from None
         self.members = {i.filename: i for i in self.zip.infolist()}
         pickles = [n for n in self.members if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
@@ -355,7 +357,8 @@ def _read_state_dict(archive: "_PthArchive") -> dict:
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, _TensorRef):
             raise NpvitposeError(
-                f"{archive.name}: entry {_short(key)} is not a tensor (expected {{'state_dict': ...}} or a dict of tensors)"
+                f"{archive.name}: entry {_short(key)} is not a tensor "
+                "(expected {'state_dict': ...} or a dict of tensors)"
             )
         out[key] = _materialize(value, archive, key)
     return out
@@ -434,7 +437,9 @@ def _check_entry(name: str, key: str, info, data_len: int):
         or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
         or not 0 <= offsets[0] <= offsets[1] <= data_len
     ):
-        raise NpvitposeError(f"{name}: tensor {_short(key)} has data offsets {_short(offsets)} outside the file (truncated?)")
+        raise NpvitposeError(
+            f"{name}: tensor {_short(key)} has data offsets {_short(offsets)} outside the file (truncated?)"
+        )
     count = 1
     for n in shape:
         count *= n

@@ -34,9 +34,9 @@ _HF_TO_OFFICIAL = [
     (r"backbone\.encoder\.layer\.(\d+)\.mlp\.experts\.(\d+)\.(weight|bias)", r"backbone.blocks.\1.mlp.experts.\2.\3"),
     (r"backbone\.layernorm\.(weight|bias)", r"backbone.last_norm.\1"),
     (r"head\.deconv1\.weight", r"keypoint_head.deconv_layers.0.weight"),
-    (r"head\.batchnorm1\.(weight|bias|running_mean|running_var|num_batches_tracked)", r"keypoint_head.deconv_layers.1.\1"),
+    (r"head\.batchnorm1\.(\w+)", r"keypoint_head.deconv_layers.1.\1"),
     (r"head\.deconv2\.weight", r"keypoint_head.deconv_layers.3.weight"),
-    (r"head\.batchnorm2\.(weight|bias|running_mean|running_var|num_batches_tracked)", r"keypoint_head.deconv_layers.4.\1"),
+    (r"head\.batchnorm2\.(\w+)", r"keypoint_head.deconv_layers.4.\1"),
     (r"head\.conv\.(weight|bias)", r"keypoint_head.final_layer.\1"),
 ]
 _HF_QKV = re.compile(r"backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
@@ -152,7 +152,8 @@ def _from_hf_names(raw: dict, name: str) -> dict:
     for (block, param), parts in sorted(qkv.items()):
         for part in ("query", "key", "value"):
             if part not in parts:
-                raise NpvitposeError(f"{name}: missing key backbone.encoder.layer.{block}.attention.attention.{part}.{param}")
+                hf_key = f"backbone.encoder.layer.{block}.attention.attention.{part}.{param}"
+                raise NpvitposeError(f"{name}: missing key {hf_key}")
         state[f"backbone.blocks.{block}.attn.qkv.{param}"] = np.concatenate(
             [_f32(parts["query"]), _f32(parts["key"]), _f32(parts["value"])], axis=0
         )
@@ -217,7 +218,9 @@ def _dense_weights(state: dict, name: str, dataset, hf_names: bool):
                 shared = f"backbone.blocks.{i}.mlp.fc2.{param}"
                 extra = _require(state, f"backbone.blocks.{i}.mlp.experts.{expert}.{param}", name)
                 if extra.shape[:1] != (part,):
-                    raise NpvitposeError(f"{name}: expert {expert} of block {i} has {extra.shape[:1]} rows, expected {part}")
+                    raise NpvitposeError(
+                        f"{name}: expert {expert} of block {i} has shape {extra.shape}, expected {part} rows"
+                    )
                 # spec 1.6 / trap 17: dense fc2 = shared rows, then the chosen expert's rows
                 weights[shared] = np.concatenate([_f32(_require(state, shared, name)), _f32(extra)], axis=0)
 
@@ -233,7 +236,8 @@ def _dense_weights(state: dict, name: str, dataset, hf_names: bool):
     k = final.shape[0]
     if moe:
         if DATASETS[dataset].num_keypoints != k:
-            raise NpvitposeError(f"{name}: the {dataset} head has {k} keypoints, {dataset} has {DATASETS[dataset].num_keypoints}")
+            expected = DATASETS[dataset].num_keypoints
+            raise NpvitposeError(f"{name}: the {dataset} head has {k} keypoints, {dataset} has {expected}")
     elif dataset is None:
         dataset = _K_TO_DATASET.get(k)
         if dataset is None:
@@ -258,7 +262,9 @@ def _moe_dataset(dataset, name: str, hf_names: bool) -> str:
                 "from them; convert the official vitpose+_*.pth instead"
             )
         if dataset is None:
-            raise NpvitposeError(f"{name} is a ViTPose+ (MoE) checkpoint: choose --dataset coco (the only head it keeps)")
+            raise NpvitposeError(
+                f"{name} is a ViTPose+ (MoE) checkpoint: choose --dataset coco (the only head it keeps)"
+            )
     elif dataset is None:
         raise NpvitposeError(f"{name} is a ViTPose+ (MoE) checkpoint: choose --dataset from {', '.join(DATASETS)}")
     return dataset
@@ -295,7 +301,8 @@ def _settings(config, config_path, sizes: dict, hf_names: bool, name: str):
             if bb.get(field, default) != actual:
                 raise NpvitposeError(f"{config_path}: {field} is {bb.get(field, default)}, the weights have {actual}")
         if bb.get("hidden_act", "gelu") != "gelu":
-            raise NpvitposeError(f"{config_path}: hidden_act {bb.get('hidden_act')!r} is not the exact GELU ViTPose uses")
+            act = bb.get("hidden_act")
+            raise NpvitposeError(f"{config_path}: hidden_act {act!r} is not the exact GELU ViTPose uses")
         if not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0 or dim % heads:
             raise NpvitposeError(f"{config_path}: num_attention_heads {heads!r} does not divide the width {dim}")
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0.0 < eps < 1.0:

@@ -171,29 +171,39 @@ def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, deco
     """
     if decode not in RULES:
         raise NpvitposeError(f"unknown decode rule {decode!r}; choose one of {', '.join(RULES)}")
-    if isinstance(image, (str, os.PathLike)):
-        rgb = read_image(image)
-    else:
-        rgb = as_rgb(image, color)
-    xywh = parse_boxes(boxes, box_format)
     mode = model.meta.get("mode")
-    shift = mode == "classic"  # spec 5.1 step 4 / trap 10: classic configs shift the flipped map
-    pairs = model.meta.get("flip_pairs", [])
-    k = int(model.num_keypoints)
-    n = len(xywh)
-    centers, scales = box_to_center_scale(xywh)
+    if mode not in MODES:
+        raise NpvitposeError(f"unknown warp mode {mode!r} in the model metadata; expected 'udp' or 'classic'")
+    rgb = read_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb(image, color)
+    centers, scales = box_to_center_scale(parse_boxes(boxes, box_format))
     bad = np.flatnonzero(~(np.isfinite(centers).all(1) & np.isfinite(scales).all(1) & (scales > 0).all(1)))
     if bad.size:  # beyond float32 range, or so small that the scale underflows to 0
-        raise NpvitposeError(f"box {bad[0]} is too large or too small to crop: {xywh[bad[0]].tolist()}")
-    heatmaps = None
-    buffer = None
+        raise NpvitposeError(f"box {bad[0]} is too large or too small to crop")
+    k = int(model.num_keypoints)
+    if len(centers) == 0:
+        empty = (np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32))
+        return empty + (np.zeros((0, k, CROP_H // 4, CROP_W // 4), np.float32),) if return_heatmaps else empty
+    heatmaps = model_heatmaps(model, rgb, centers, scales, mode, flip)
+    keypoints, scores = decode_heatmaps(heatmaps, centers, scales, mode, decode)
+    return (keypoints, scores, heatmaps) if return_heatmaps else (keypoints, scores)
+
+
+def model_heatmaps(model, image_rgb, centers, scales, mode, flip=True):
+    """Heatmaps (N, K, H, W) float32 of the N crops, flip-averaged if `flip` (spec 5.1).
+
+    Runs `model.forward` on CHUNK crops (plus their mirror images) at a time to bound memory.
+    """
+    k, n = int(model.num_keypoints), len(centers)
+    shift = mode == "classic"  # spec 5.1 step 4 / trap 10: only classic configs shift the flipped map
+    pairs = model.meta.get("flip_pairs") or []
+    heatmaps, buffer = None, None
     for start in range(0, n, CHUNK):
-        stop = min(start + CHUNK, n)
-        m = stop - start
+        m = min(CHUNK, n - start)
         shape = (m * (2 if flip else 1), 3, CROP_H, CROP_W)
         if buffer is None or buffer.shape != shape:
             buffer = np.empty(shape, dtype=np.float32)
-        pixels = crop_batch(rgb, centers[start:stop], scales[start:stop], mode, flip=flip, out=buffer)
+        sl = slice(start, start + m)
+        pixels = crop_batch(image_rgb, centers[sl], scales[sl], mode, flip=flip, out=buffer)
         out = np.asarray(model.forward(pixels), dtype=np.float32)
         if out.ndim != 4 or out.shape[:2] != (len(pixels), k):
             raise NpvitposeError(f"model returned heatmaps of shape {out.shape}, expected ({len(pixels)}, {k}, H, W)")
@@ -201,11 +211,5 @@ def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, deco
             out = (out[:m] + flip_back(out[m:], pairs, shift)) * np.float32(0.5)  # spec 5.1 step 5
         if heatmaps is None:
             heatmaps = np.empty((n,) + out.shape[1:], dtype=np.float32)
-        heatmaps[start:stop] = out
-    if heatmaps is None:
-        keypoints = np.zeros((0, k, 2), dtype=np.float32)
-        scores = np.zeros((0, k), dtype=np.float32)
-        heatmaps = np.zeros((0, k, CROP_H // 4, CROP_W // 4), dtype=np.float32)
-    else:
-        keypoints, scores = decode_heatmaps(heatmaps, centers, scales, mode, decode)
-    return (keypoints, scores, heatmaps) if return_heatmaps else (keypoints, scores)
+        heatmaps[sl] = out
+    return heatmaps

@@ -82,7 +82,8 @@ def test_read_pth_bare_dict_and_bf16_bits(tmp_path):
     torch.save({"bf": bf, "h": torch.tensor([65504.0, 6e-8, -0.0], dtype=torch.float16)}, path)
     got = read_pth(path)
     expected = bf.float().numpy()
-    np.testing.assert_array_equal(got["bf"].view(np.uint32), expected.view(np.uint32))  # bit-exact incl. -0, inf, subnormal
+    # bit-exact, including -0, inf and a subnormal
+    np.testing.assert_array_equal(got["bf"].view(np.uint32), expected.view(np.uint32))
     np.testing.assert_array_equal(got["h"], np.array([65504.0, 6e-8, -0.0], dtype=np.float16).astype(np.float32))
 
 
@@ -240,7 +241,9 @@ def _unicode(text: str) -> bytes:
 
 RAW_PICKLES = {
     "INST os.system (protocol 0)": lambda m: f"(S'touch {m}'\nios\nsystem\n.".encode(),
-    "GLOBAL __builtin__.eval (protocol 0)": lambda m: f"c__builtin__\neval\n(S'open(\"{m}\",\"w\").close()'\ntR.".encode(),
+    "GLOBAL __builtin__.eval (protocol 0)": lambda m: (
+        f"c__builtin__\neval\n(S'open(\"{m}\",\"w\").close()'\ntR.".encode()
+    ),
     "STACK_GLOBAL os.system (protocol 4)": lambda m: (
         b"\x80\x04" + _unicode("os") + _unicode("system") + b"\x93" + _unicode(f"touch {m}") + b"\x85R."
     ),
@@ -266,8 +269,8 @@ class StatefulTensor(FakeTensor):
 
 
 def test_build_cannot_rewrite_checked_objects(tmp_path):
-    path = write_archive(tmp_path / "build.pth", torch_like_pickle({"w": StatefulTensor(FakeStorage("0", 6), 0, (2, 3), (3, 1))}),
-                         GOOD_STORAGE)
+    tensor = StatefulTensor(FakeStorage("0", 6), 0, (2, 3), (3, 1))
+    path = write_archive(tmp_path / "build.pth", torch_like_pickle({"w": tensor}), GOOD_STORAGE)
     with pytest.raises(NpvitposeError, match="object state"):
         read_pth(path)
     # BUILD on an allowed function: GLOBAL, then (None, {"__defaults__": ...}) as slot state
@@ -447,7 +450,8 @@ def entry(dtype="F32", shape=(2,), offsets=(0, 8)):
         (raw_safetensors(b"\xff\xfe", bytes(8)), "not valid JSON"),
         (raw_safetensors(b"[" * 100000, b""), "not valid JSON"),
         (raw_safetensors([1, 2], bytes(8)), "not a JSON object"),
-        (raw_safetensors(b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": 1}', bytes(8)), "duplicate"),
+        (raw_safetensors(b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": 1}', bytes(8)),
+         "duplicate"),
         (raw_safetensors({"a": [1]}, bytes(8)), "not an object"),
         (raw_safetensors({"a": {"dtype": "F32", "shape": [2]}}, bytes(8)), "outside the file"),
         (b"\x01\x02\x03", "too short"),

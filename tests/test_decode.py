@@ -203,7 +203,7 @@ def test_oks_nms_matches_transcription():
     kpts = np.concatenate([kpts, base[:2] + 40]).astype(np.float32)
     scores = rng.uniform(0, 1, len(kpts))
     areas = np.full(len(kpts), 150.0 * 200.0, np.float32)
-    sigmas = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]) / 10
+    sigmas = np.array([26, 25, 25, 35, 35, 79, 79, 72, 72, 62, 62, 107, 107, 87, 87, 89, 89]) / 1000  # COCO
     keep = oks_nms(kpts, scores, areas, sigmas, 0.9)
     assert keep.tolist() == twins.oks_nms(kpts, scores, areas, sigmas, 0.9)
     assert 4 <= len(keep) < len(kpts)  # duplicates removed, distinct people kept

@@ -83,8 +83,9 @@ def seeds(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     base = torch.randn(4, 6, generator=g)
     sd = collections.OrderedDict(
-        w=torch.randn(3, 4, generator=g), h=torch.randn(5, generator=g).half(), b=torch.randn(2, 2, generator=g).bfloat16(),
-        t=base.t(), s=base[1:, ::2], n=torch.tensor(7), p=torch.nn.Parameter(torch.randn(2, generator=g)),
+        w=torch.randn(3, 4, generator=g), h=torch.randn(5, generator=g).half(),
+        b=torch.randn(2, 2, generator=g).bfloat16(), t=base.t(), s=base[1:, ::2], n=torch.tensor(7),
+        p=torch.nn.Parameter(torch.randn(2, generator=g)),
     )
     pth = folder / "seed.pth"
     torch.save({"state_dict": sd, "meta": {"config": "x = 1", "epoch": 3, "seen": {1}, "raw": b"ab"}}, pth)
@@ -94,8 +95,9 @@ def seeds(tmp_path_factory):
     pkl_name = next(n for n in members if n.endswith("/data.pkl"))
 
     st_path = folder / "seed.safetensors"
-    np_save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, np.float16),
-                  "c": np.arange(4, dtype=np.int64), "d": np.zeros((2, 0), np.float32)}, str(st_path), metadata={"k": "v"})
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, np.float16),
+              "c": np.arange(4, dtype=np.int64), "d": np.zeros((2, 0), np.float32)}
+    np_save_file(arrays, str(st_path), metadata={"k": "v"})
     read_safetensors(st_path)
     header_end = 8 + struct.unpack("<Q", st_path.read_bytes()[:8])[0]
 

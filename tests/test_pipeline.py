@@ -70,7 +70,8 @@ def test_classic_matrix_worked_example():
     c, s = box_to_center_scale([SPEC_BOX])
     m = classic_matrix(c[0], s[0])
     assert m.dtype == np.float64
-    assert np.allclose(m, [[5.73027838, 0, -2150.21177], [0, 5.73027316, -961.210333]], rtol=5e-9, atol=1e-14)  # spec prints 9 digits
+    spec = [[5.73027838, 0, -2150.21177], [0, 5.73027316, -961.210333]]
+    assert np.allclose(m, spec, rtol=5e-9, atol=1e-14)  # the spec prints 9 digits
     assert 0 < abs(m[1, 0]) < 1e-14  # float32 noise, not exactly 0 (spec 4.4)
 
 
@@ -156,7 +157,8 @@ def reference_predict(model, img, boxes_xywh, mode, flip=True):
         coords = np.where(maxvals[..., None] > 0, refined, coords)  # npvitpose keeps -1 (trap 21) by design
     else:
         coords = twins.quarter_shift(heatmaps, coords)
-    kpts = np.stack([twins.transform_preds(coords[i], centers[i], scales[i], (48, 64), mode == "udp") for i in range(len(coords))])
+    kpts = [twins.transform_preds(coords[i], centers[i], scales[i], (48, 64), mode == "udp") for i in range(len(coords))]
+    kpts = np.stack(kpts)
     return kpts, maxvals, heatmaps
 
 

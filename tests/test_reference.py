@@ -132,6 +132,9 @@ def run_case(case, tmp_root: Path):
         src = work / name
         R.write_hf_folder(hf, src)
     ref = R.capture(hf, x, dataset_index=expert)
+    ref64 = None
+    if os.environ.get("NPVITPOSE_REPORT"):  # float64 HF run: the float32 noise floor, for the report only
+        ref64 = R.capture(hf.double(), x.astype(np.float64), dataset_index=expert)["heatmaps"]
     del hf
     out = work / "model.npz"
     meta = convert_without_torch(src, out, dataset)
@@ -141,7 +144,8 @@ def run_case(case, tmp_root: Path):
     heat = model.forward(x, taps=taps)
     out.unlink()
     _RUNS[case] = {"eps": eps, "heat": heat, "ref_heat": ref["heatmaps"]}
-    return {"variant": v, "eps": eps, "expert": expert, "meta": meta, "ref": ref, "taps": taps, "heat": heat}
+    return {"variant": v, "eps": eps, "expert": expert, "meta": meta, "ref": ref, "taps": taps, "heat": heat,
+            "ref64": ref64}
 
 
 def run_heatmaps(case, tmp_root: Path):
@@ -166,10 +170,11 @@ def _report():
 def write_report(report: dict) -> None:
     REPORT_PATH.with_suffix(".json").write_text(json.dumps(report, indent=1, sort_keys=True))
     kinds = ["embeddings", "blocks.0", "blocks (max)", "last_norm", "head.stage1", "head.stage2",
-             "head.upsampled", "heatmaps", "argmax margin"]
+             "head.upsampled", "heatmaps", "argmax margin", "engine vs f64", "HF f32 vs f64"]
     lines = ["# npvitpose vs transformers VitPoseForPoseEstimation (float32, CPU, eager)", "",
              "Relative error = max|engine - ref| / max|ref| per layer; 'argmax margin' = smallest "
-             "(top1 - top2) / max|ref| over the reference heatmaps.", "",
+             "(top1 - top2) / max|ref| over the reference heatmaps; the last two columns compare the heatmaps "
+             "of the engine and of HF float32 with HF run in float64.", "",
              "| case | eps | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
     for cid in sorted(report):
         r = report[cid]
@@ -182,6 +187,9 @@ def write_report(report: dict) -> None:
                 cells.append(f"{max(vals):.2e}" if vals else "")
             elif k == "argmax margin":
                 cells.append(f"{r['margin']:.1e}")
+            elif k in ("engine vs f64", "HF f32 vs f64"):
+                f64 = r.get("float64")
+                cells.append(f"{f64['engine' if k == 'engine vs f64' else 'hf_float32']:.2e}" if f64 else "")
             else:
                 cells.append(f"{r['errors'][k]:.2e}" if k in r["errors"] else "")
         lines.append(f"| {cid} | {r['eps']:g} | " + " | ".join(cells) + " |")
@@ -213,6 +221,9 @@ def test_engine_matches_transformers(case, tmp_root):
 
     errors = compare_taps(ref, r["taps"], r["heat"])
     _REPORT[_case_id(case)] = {"eps": r["eps"], "errors": errors, "margin": margin}
+    if r["ref64"] is not None:
+        _REPORT[_case_id(case)]["float64"] = {"engine": R.rel_err(r["heat"], r["ref64"]),
+                                              "hf_float32": R.rel_err(ref["heatmaps"], r["ref64"])}
     bad = {key: e for key, e in errors.items()
            if e > (HEATMAP_BAR if key == "heatmaps" else LAYER_BAR[layer_kind(key)])}
     assert not bad, f"layers above their bar: {bad}"

@@ -86,7 +86,8 @@ def test_warp_normalize_without_flip_matches_twin():
     matrices = np.stack([np.hstack([np.diag(rng.uniform(2, 9, 2)), rng.normal(-40, 40, (2, 1))]) for _ in range(3)])
     out = warp_normalize(img, matrices.astype(np.float32), np.full((3, 3, 40, 24), np.nan, np.float32))
     for i in range(3):
-        assert np.array_equal(out[i], twins.normalize(twins.warp_affine_u8(img, matrices[i].astype(np.float32), (24, 40))))
+        crop = twins.warp_affine_u8(img, matrices[i].astype(np.float32), (24, 40))
+        assert np.array_equal(out[i], twins.normalize(crop))
 
 
 def test_normalization_matches_torch():
