@@ -560,7 +560,8 @@ def build_parser():
     p.add_argument("--nms-thr", type=_nonneg_float, metavar="T", help="OKS-NMS threshold (0.9 in COCO eval)")
     p.add_argument("--image-id", metavar="N", help="image_id of the one input in COCO detections")
     p.add_argument("--images", metavar="COCO_IMAGES.json", help="COCO image list to match file names to ids")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="Numba threads")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="threads for the kernels and BLAS together (default: all cores, or NPVITPOSE_THREADS)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", help="people per pipeline call (bounds memory)")
     p.set_defaults(run=cmd_infer)
 

@@ -24,7 +24,15 @@ import hf_reference as R  # noqa: E402
 
 import npvitpose  # noqa: E402
 
-HAVE_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+def _installed(*names):
+    try:
+        return all(importlib.util.find_spec(n) is not None for n in names)
+    except (ImportError, ValueError):
+        return False
+
+
+HAVE_TORCH = _installed("torch", "transformers")
 live = pytest.mark.skipif(not HAVE_TORCH, reason="torch/transformers not installed")
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "reference"
@@ -41,7 +49,7 @@ CASES = [
     ("s-classic", "pth", None), ("s-classic", "hf", None),
     ("plus-b-moe", "pth", "aic"), ("plus-b-moe", "pth", "wholebody"),
     ("plus-b-moe", "hf", "coco"),  # the converter refuses other datasets here: HF kept only the COCO head
-    ("b-wholebody", "pth", "wholebody"), ("b-wholebody", "hf", "wholebody"),
+    ("b-wholebody", "pth", "wholebody"), ("b-wholebody", "hf", None),  # None: K=133 means wholebody
     ("l-classic-d2", "pth", None), ("l-classic-d2", "hf", None),
     ("h-simple-d2", "pth", None), ("h-simple-d2", "hf", None),
     ("s-small-variance", "pth", None), ("s-small-variance", "hf", None),
@@ -138,7 +146,10 @@ def run_case(case, tmp_root: Path):
     del hf
     out = work / "model.npz"
     meta = convert_without_torch(src, out, dataset)
-    shutil.rmtree(src) if src.is_dir() else src.unlink()
+    if src.is_dir():
+        shutil.rmtree(src)
+    else:
+        src.unlink()
     model = npvitpose.load(out)
     taps = {}
     heat = model.forward(x, taps=taps)
@@ -207,6 +218,7 @@ def write_report(report: dict) -> None:
 @live
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_engine_matches_transformers(case, tmp_root):
+    dataset = case[2]
     r = run_case(case, tmp_root)
     v, ref, meta = r["variant"], r["ref"], r["meta"]
     margin = R.argmax_margin(ref["heatmaps"])
@@ -215,7 +227,8 @@ def test_engine_matches_transformers(case, tmp_root):
 
     k = ref["heatmaps"].shape[1]
     assert (meta["dim"], meta["depth"], meta["heads"], meta["num_keypoints"]) == (v.dim, v.depth, v.heads, k)
-    assert meta["head"] == ("simple" if v.simple else "classic")
+    assert meta["head"] == ("simple" if v.simple else "classic") and meta["mlp_hidden"] == v.mlp_hidden
+    assert meta["dataset"] == (dataset or {17: "coco", 133: "wholebody"}[k])
     assert meta["ln_eps"] == pytest.approx(r["eps"], rel=1e-9)
     assert (meta["moe"] or {}).get("expert") == (r["expert"] if v.moe else None)
 
@@ -320,8 +333,9 @@ def test_fixtures_present():
 
 @pytest.mark.parametrize("path", _fixture_files(), ids=lambda p: p.stem)
 def test_engine_matches_recorded_reference(path, tmp_path):
-    """Without torch: rebuild the seeded weights, write the HF folder with safetensors' NumPy API,
-    convert, run, and compare with the HF outputs recorded by tools/record_reference.py."""
+    """Without torch: rebuild the seeded weights, write them with safetensors' NumPy API (an HF folder, or
+    official names in one file for the MoE expert/head choice), convert, run, and compare with the HF
+    outputs recorded by tools/record_reference.py."""
     with np.load(path, allow_pickle=False) as f:
         rec = {k: f[k] for k in f.files}
     info = json.loads(str(rec.pop("__info__")))
