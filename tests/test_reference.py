@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: reach the helper module
-import hf_reference as R  # noqa: E402
+import hf_reference as R  # tests/ is on sys.path through conftest.py
 
-import npvitpose  # noqa: E402
+import npvitpose
 
 
 def _installed(*names):

@@ -40,7 +40,7 @@ def hf_model(variant, head, seed=0):
     backbone = VitPoseBackboneConfig(hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
                                      intermediate_size=cfg.mlp_hidden, out_indices=[cfg.depth], layer_norm_eps=1e-6)
     model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, use_simple_decoder=head == "simple",
-                                                   num_labels=17), attn_implementation="sdpa")
+                                                   num_labels=17))
     return model.eval()
 
 
