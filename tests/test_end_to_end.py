@@ -26,8 +26,7 @@ from npvitpose.convert import convert  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
-if not all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers")):
-    pytest.skip("torch/transformers not installed", allow_module_level=True)
+HAVE_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "end_to_end" / "crops_cv4.npz"
 REPORT_PATH = Path("/tmp/npvitpose_end_to_end_report.json")
@@ -36,6 +35,8 @@ KEYPOINT_MEDIAN_BAR = 0.05  # image px, the issue's bar
 KEYPOINT_MAX_BAR = 0.5  # image px
 SCORE_BAR = 1e-3
 HEATMAP_BAR = 1e-5  # max|err| / max|ref|
+# ours, about 25x the measured worst case: the issue's bars alone miss a 4-corner dxy here (median 0.03 px)
+TIGHT_KEYPOINT_BAR = 0.01  # image px
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # spec 4.6, RGB
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -43,41 +44,56 @@ HEAT_W, HEAT_H = 48, 64
 
 # spec 5.1 flip-pair table, written out here rather than taken from npvitpose.datasets
 COCO_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
-WHOLEBODY_PAIRS = (
-    COCO_PAIRS
-    + [(17, 20), (18, 21), (19, 22)]
-    + [(23, 39), (24, 38), (25, 37), (26, 36), (27, 35), (28, 34), (29, 33), (30, 32), (40, 49), (41, 48),
-       (42, 47), (43, 46), (44, 45), (54, 58), (55, 57), (59, 68), (60, 67), (61, 66), (62, 65), (63, 70),
-       (64, 69), (71, 77), (72, 76), (73, 75), (78, 82), (79, 81), (83, 87), (84, 86), (88, 90)]
-    + [(91 + i, 112 + i) for i in range(21)]
-)
+AIC_PAIRS = [(0, 3), (1, 4), (2, 5), (6, 9), (7, 10), (8, 11)]
 
 # (case id, reference variant, checkpoint format, dataset, warp/decode mode of that dataset's config, spec 4.2)
 CASES = {
-    "coco-udp-simple-hf": (R.Variant("e2e-coco-s-simple", 384, 2, 12, simple=True, seed=31), "hf", "coco",
-                           "udp", COCO_PAIRS),
-    "wholebody-classic-pth": (R.Variant("e2e-wholebody-s-classic", 384, 2, 12, num_keypoints=133, seed=32), "pth",
-                              "wholebody", "classic", WHOLEBODY_PAIRS),
+    "coco-udp-simplehead-hf": (R.Variant("e2e-coco-s-simple", 384, 2, 12, simple=True, seed=32), "hf", "coco",
+                               "udp", COCO_PAIRS),
+    "aic-classic-deconvhead-pth": (R.Variant("e2e-aic-s-classic", 384, 2, 12, num_keypoints=14, seed=34), "pth",
+                                   "aic", "classic", AIC_PAIRS),
 }
 
-# Peaked heads. Random heads give textured maps whose maximum is barely above the runner-up, so the
+# Peaked heads. Plain random heads give textured maps whose maximum is barely above the runner-up, so the
 # argmax (and the classic quarter shift) could flip on float32 noise. Here each keypoint reads mainly one
-# channel that a ReLU threshold has made sparse, and the upsampling taps are lopsided (equal even/odd
-# sums, so no checkerboard) so a peak does not sit on the half-pixel point between two equal pixels.
+# channel that a ReLU threshold has made sparse, and the upsampling taps are lopsided (equal even/odd sums,
+# so no checkerboard) so that a peak seldom straddles two equal pixels. test_reference_is_not_trivial
+# checks the result; most seeds pass it, one whose keypoint channels are all zero on some crop would not.
 UPSAMPLE_TAPS = np.array([1.5, 3.5, 2.5, 0.5], dtype=np.float32) / 4
 SMOOTH_TAPS = np.array([0.8, 2.0, 1.2], dtype=np.float32) / 4
-THRESHOLD = 1.0  # in units of the normalized activation: keeps roughly the top sixth
-MIX = 0.01
+THRESHOLD = 0.25  # in units of the normalized activation: about 40% survives the ReLU
+ASYMMETRY = 0.3  # what is left of the antisymmetric part: exact symmetry would make exact ties
+SECONDARY = 0.5  # weight of each keypoint's second, unshared channel
+MIX = 0.01  # weight of the other channels: every map gets some signal even where its channel is all zero
 
 
-def peaked_weights(v: R.Variant) -> dict:
-    """hf_reference's seeded official weights with the head (and, for a simple head, last_norm) reshaped."""
+def mirror_mostly(a, axis):
+    """The mirror-symmetric part of `a` along `axis` plus ASYMMETRY times its antisymmetric part."""
+    flipped = np.flip(a, axis=axis)
+    return ((a + flipped) * 0.5 + (a - flipped) * (0.5 * ASYMMETRY)).astype(np.float32)
+
+
+def peaked_weights(v: R.Variant, pairs) -> dict:
+    """hf_reference's seeded official weights, made roughly mirror-symmetric and with peaked heatmaps.
+
+    A trained model predicts nearly the same peak on the mirrored crop, so the flip test (spec 5.1)
+    averages two overlapping peaks. Here too: the patch kernels and the position table are symmetric
+    under a left-right flip, and the two keypoints of a flip pair share their main channel.
+    """
     sd = R.official_weights(v)
+    proj = sd["backbone.patch_embed.proj.weight"]  # (C, 3, 16, 16)
+    sd["backbone.patch_embed.proj.weight"] = mirror_mostly(proj, axis=-1)
+    grid = sd["backbone.pos_embed"][0, 1:].reshape(*R.GRID_HW, v.dim)
+    sd["backbone.pos_embed"][0, 1:] = mirror_mostly(grid, axis=1).reshape(-1, v.dim)
     rng = np.random.default_rng(1000 + v.seed)
     k = v.num_keypoints
     channels = v.dim if v.simple else 256
-    mix = (rng.standard_normal((k, channels)) * MIX).astype(np.float32)
-    mix[np.arange(k), rng.integers(0, channels, k)] += 1.0  # (K, C): one dominant channel per keypoint
+    mix = (rng.standard_normal((k, channels)) * MIX).astype(np.float32)  # (K, C)
+    primary = rng.integers(0, channels, k)
+    for left, right in pairs:
+        primary[right] = primary[left]
+    mix[np.arange(k), primary] += 1.0  # shared by a flip pair: the flipped pass peaks at the same place
+    mix[np.arange(k), rng.integers(0, channels, k)] += SECONDARY  # its own: left and right maps differ
     sd["keypoint_head.final_layer.bias"] = np.zeros(k, dtype=np.float32)
     if v.simple:  # spec 2.2: ReLU(last_norm) -> bilinear x4 -> 3x3 conv; the threshold is last_norm's bias
         sd["backbone.last_norm.bias"] = sd["backbone.last_norm.bias"] - np.float32(THRESHOLD)
@@ -182,7 +198,11 @@ def transform_preds(coords, center, scale, udp):
 
 
 def reference_pipeline(hf, crops, center, scale, mode, pairs):
-    """Official test-time pipeline on recorded OpenCV 4 crops: heatmaps (N, K, 64, 48), keypoints, scores."""
+    """Official test-time pipeline on recorded OpenCV 4 crops.
+
+    Returns the flip-averaged heatmaps (N, K, 64, 48), the integer argmax and the refined heatmap
+    coordinates (N, K, 2), the image keypoints (N, K, 2) and the scores (N, K).
+    """
     import torch
 
     x = normalize(crops)
@@ -193,7 +213,7 @@ def reference_pipeline(hf, crops, center, scale, mode, pairs):
     avg = (heat[:n] + flip_back(heat[n:], pairs, shift=mode == "classic")) * np.float32(0.5)  # spec 5.1 step 5
     coords, maxvals = max_preds(avg)
     refined = dark_udp(coords, avg) if mode == "udp" else quarter_shift(coords, avg)
-    return avg, coords, transform_preds(refined, center, scale, udp=mode == "udp"), maxvals
+    return avg, coords, refined, transform_preds(refined, center, scale, udp=mode == "udp"), maxvals
 
 
 # ---- running both sides ----
@@ -203,7 +223,7 @@ _REPORT = {}
 
 
 @pytest.fixture(scope="module")
-def fixture():
+def recorded():
     f = np.load(FIXTURE)
     return {k: f[k] for k in f.files}
 
@@ -225,12 +245,12 @@ def tmp_root(tmp_path_factory):
     return tmp_path_factory.mktemp("end_to_end")
 
 
-def run(case, fixture, photo, tmp_root):
+def run(case, recorded, photo, tmp_root):
     """Reference and engine outputs for one case (computed once per module)."""
     if case in _RUNS:
         return _RUNS[case]
     v, fmt, dataset, mode, pairs = CASES[case]
-    sd = peaked_weights(v)
+    sd = peaked_weights(v, pairs)
     work = tmp_root / case
     work.mkdir()
     if fmt == "pth":
@@ -241,50 +261,53 @@ def run(case, fixture, photo, tmp_root):
         hf = R.hf_model(v, sd, R.HF_DEFAULT_LN_EPS)
         src = work / "hf"
         R.write_hf_folder(hf, src)
-    ref_heat, ref_argmax, ref_kpts, ref_scores = reference_pipeline(
-        hf, fixture[f"{mode}_crops"], fixture["center"], fixture["scale"], mode, pairs)
+    ref_heat, ref_argmax, ref_refined, ref_kpts, ref_scores = reference_pipeline(
+        hf, recorded[f"{mode}_crops"], recorded["center"], recorded["scale"], mode, pairs)
     del hf
     meta = convert(src, work / "model.npz", dataset=dataset)
     model = npvitpose.load(work / "model.npz")
-    kpts, scores, heat = model(photo, fixture["boxes"], box_format="xywh", color="rgb", return_heatmaps=True)
-    _RUNS[case] = {"mode": mode, "meta": meta, "model": model, "ref_heat": ref_heat, "ref_argmax": ref_argmax,
-                   "ref_kpts": ref_kpts, "ref_scores": ref_scores, "kpts": kpts, "scores": scores, "heat": heat}
+    kpts, scores, heat = model(photo, recorded["boxes"], box_format="xywh", color="rgb", return_heatmaps=True)
+    _RUNS[case] = {"mode": mode, "meta": meta, "model": model, "kpts": kpts, "scores": scores, "heat": heat,
+                   "ref_heat": ref_heat, "ref_argmax": ref_argmax, "ref_refined": ref_refined,
+                   "ref_kpts": ref_kpts, "ref_scores": ref_scores}
     return _RUNS[case]
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def result(request, fixture, photo, tmp_root):
-    return run(request.param, fixture, photo, tmp_root)
+def result(request, recorded, photo, tmp_root):
+    if not HAVE_TORCH:
+        pytest.skip("torch/transformers not installed")
+    return run(request.param, recorded, photo, tmp_root)
 
 
 # ---- the fixture itself ----
 
-def test_fixture_is_opencv4_crops_of_the_astronaut(fixture, photo):
-    assert str(fixture["version"]).startswith("4.")
-    assert str(fixture["photo_sha256"]) == hashlib.sha256(np.ascontiguousarray(photo).tobytes()).hexdigest()
+def test_fixture_is_opencv4_crops_of_the_astronaut(recorded, photo):
+    assert str(recorded["version"]).startswith("4.")
+    assert str(recorded["photo_sha256"]) == hashlib.sha256(np.ascontiguousarray(photo).tobytes()).hexdigest()
     h, w = photo.shape[:2]
-    x, y, bw, bh = fixture["boxes"].T
+    x, y, bw, bh = recorded["boxes"].T
     assert ((x < 0) & (y < 0)).any(), "no box crosses the left and top edges"
     assert ((x + bw > w) & (y + bh > h)).any(), "no box crosses the right and bottom edges"
     assert (np.maximum(bw / bh, bh / bw) > 8).any(), "no box of extreme aspect ratio"
     assert (bw * bh < 0.01 * w * h).any(), "no small box"
     for mode in ("udp", "classic"):
-        crops = fixture[f"{mode}_crops"]
+        crops = recorded[f"{mode}_crops"]
         assert crops.shape == (len(x), 256, 192, 3) and crops.dtype == np.uint8
         outside = (x < 0) | (y < 0) | (x + bw > w) | (y + bh > h)
         black = (crops == 0).all(axis=3).mean(axis=(1, 2))
         assert (black[outside] > 0.2).all()  # the zero border of cv2.warpAffine really is in those crops
 
 
-def test_engine_centers_scales_and_crops_equal_the_reference(fixture, photo):
+def test_engine_centers_scales_and_crops_equal_the_reference(recorded, photo):
     # stage 1 of the pipeline alone, so a failure below can be located
     from npvitpose.pipeline import box_to_center_scale, crop_batch
 
-    center, scale = box_to_center_scale(fixture["boxes"])
-    assert np.array_equal(center, fixture["center"]) and np.array_equal(scale, fixture["scale"])
+    center, scale = box_to_center_scale(recorded["boxes"])
+    assert np.array_equal(center, recorded["center"]) and np.array_equal(scale, recorded["scale"])
     for mode in ("udp", "classic"):
         pixels = crop_batch(photo, center, scale, mode, flip=True)
-        want = normalize(fixture[f"{mode}_crops"])
+        want = normalize(recorded[f"{mode}_crops"])
         n = len(want)
         assert np.array_equal(pixels[:n], want), f"{mode} crops differ from OpenCV 4"
         assert np.array_equal(pixels[n:], want[..., ::-1]), f"{mode} mirrored crops differ"
@@ -298,18 +321,22 @@ def test_converted_model_has_the_config_mode(result):
 
 
 def test_reference_is_not_trivial(result):
-    # every map has one clear positive maximum, and the keypoints move with the image content
+    # every map has one positive maximum that no engine within the heatmap bar can move to another pixel
     heat, argmax = result["ref_heat"], result["ref_argmax"]
-    assert (result["ref_scores"] > 0).all()
-    flat = heat.reshape(heat.shape[0] * heat.shape[1], -1)
-    top2 = np.sort(flat, axis=1)[:, -2:]
-    margin = (top2[:, 1] - top2[:, 0]) / np.abs(flat).max(axis=1)
-    assert margin.min() > 20 * HEATMAP_BAR, f"argmax runner-up within {margin.min():.1e} of the maximum"
+    assert (result["ref_scores"] > 0.01).all()
+    top2 = np.sort(heat.reshape(heat.shape[0] * heat.shape[1], -1), axis=1)[:, -2:]
+    margin = float((top2[:, 1] - top2[:, 0]).min() / np.abs(heat).max())
+    _REPORT.setdefault(result["mode"], {})["reference_argmax_margin"] = margin
+    assert margin > 2 * HEATMAP_BAR, f"an argmax runner-up is within {margin:.1e} of the maximum"
+    # the peaks move with the image content: a keypoint seldom lands on the same pixel in two boxes
     per_keypoint = [len({tuple(p) for p in argmax[:, k]}) for k in range(argmax.shape[1])]
-    assert np.mean(per_keypoint) > 0.8 * len(argmax), "heatmap peaks hardly move between boxes"
+    assert np.mean(per_keypoint) > 0.9 * len(argmax), "heatmap peaks hardly move between boxes"
     on_edge = (argmax[..., 0] == 0) | (argmax[..., 0] == HEAT_W - 1) | (argmax[..., 1] == 0) | (
         argmax[..., 1] == HEAT_H - 1)
     assert on_edge.mean() < 0.1
+    # the refinement did something: DARK-UDP moves (nearly) every peak, the quarter shift most of them
+    moved = np.abs(result["ref_refined"] - argmax).max(axis=-1) > 1e-3
+    assert moved.mean() > (0.95 if result["mode"] == "udp" else 0.75)
 
 
 def test_heatmaps_match_reference(result):
@@ -338,14 +365,15 @@ def test_keypoints_match_reference(result):
     stats = {"median_px": float(np.median(dist)), "max_px": float(dist.max()), "keypoints": int(dist.size)}
     _REPORT.setdefault(result["mode"], {}).update(stats)
     assert stats["median_px"] <= KEYPOINT_MEDIAN_BAR and stats["max_px"] <= KEYPOINT_MAX_BAR, stats
+    assert stats["max_px"] <= TIGHT_KEYPOINT_BAR, stats
 
 
-def test_engine_decode_of_reference_heatmaps(result, fixture):
+def test_engine_decode_of_reference_heatmaps(result, recorded):
     # decoding alone (same inputs on both sides), so a keypoint failure above can be located
     from npvitpose.decode import decode
 
-    kpts, scores = decode(result["ref_heat"], fixture["center"], fixture["scale"], result["mode"])
+    kpts, scores = decode(result["ref_heat"], recorded["center"], recorded["scale"], result["mode"])
     dist = np.hypot(*(kpts.astype(np.float64) - result["ref_kpts"]).transpose(2, 0, 1))
     _REPORT.setdefault(result["mode"], {})["decode_only_max_px"] = float(dist.max())
-    assert dist.max() <= 1e-3
+    assert dist.max() <= TIGHT_KEYPOINT_BAR
     assert np.array_equal(scores, result["ref_scores"])
