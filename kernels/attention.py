@@ -6,7 +6,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, pjit
-from .layernorm import _check
+from .layernorm import _check, _vec
 
 _ROWS = 4  # query rows per block: each loaded key/value vector feeds 4 accumulators
 
@@ -108,7 +108,7 @@ def _softmax_numerator(s, bits):
 
 
 @pjit
-def _attention(qkv, n, heads, out):
+def _attention(qkv, bias, n, heads, out):
     rows, c3 = qkv.shape
     c = c3 // 3
     hd = c // heads
@@ -122,9 +122,11 @@ def _attention(qkv, n, heads, out):
         vt = np.empty((hd, n), np.float32)
         for j in range(n):
             for d in range(hd):
-                q[j, d] = qkv[r0 + j, q0 + d] * scale  # the official code scales q before q k^T
-                k[j, d] = qkv[r0 + j, c + q0 + d]
-                vt[d, j] = qkv[r0 + j, 2 * c + q0 + d]
+                # the qkv Linear's bias is added here, in the one pass that reads q, k and v anyway;
+                # the official code scales q before q k^T
+                q[j, d] = (qkv[r0 + j, q0 + d] + bias[q0 + d]) * scale
+                k[j, d] = qkv[r0 + j, c + q0 + d] + bias[c + q0 + d]
+                vt[d, j] = qkv[r0 + j, 2 * c + q0 + d] + bias[2 * c + q0 + d]
         s = np.empty((_ROWS, n), np.float32)
         o = np.empty((_ROWS, hd), np.float32)
         inv = np.empty(_ROWS, np.float32)
@@ -140,13 +142,17 @@ def _attention(qkv, n, heads, out):
                     out[r0 + i0 + x, q0 + d] = o[x, d] * inv[x]
 
 
-def attention(qkv, tokens, heads, out=None):
-    """qkv (B*N, 3C) float32 as the qkv Linear writes it -> (B*N, C), heads concatenated in order."""
+def attention(qkv, tokens, heads, bias=None, out=None):
+    """qkv (B*N, 3C) float32 as the qkv matrix product writes it, plus its bias (3C,) if given
+    -> (B*N, C), heads concatenated in order."""
     _check(qkv, 2)
     rows, c3 = qkv.shape
     if c3 % 3 or (c3 // 3) % heads or rows % tokens:
         raise ValueError(f"qkv {qkv.shape} does not split into {heads} heads over {tokens} tokens")
+    bias = np.zeros(c3, np.float32) if bias is None else _vec(bias, c3)
     if out is None:
         out = np.empty((rows, c3 // 3), np.float32)
-    _attention(qkv, tokens, heads, out)
+    elif out.shape != (rows, c3 // 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float32 of shape {(rows, c3 // 3)}")
+    _attention(qkv, bias, tokens, heads, out)
     return out

@@ -29,6 +29,9 @@ def layernorm(x, gamma, beta, eps, out=None):
     _check(x, 2)
     if out is None:
         out = np.empty_like(x)
+    elif out.shape != x.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {x.shape}")
+    _check(out, 2)
     _layernorm(x, _vec(gamma, x.shape[1]), _vec(beta, x.shape[1]), float(eps), out)
     return out
 

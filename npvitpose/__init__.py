@@ -2,9 +2,12 @@
 
 import os
 
-# Numba's OpenMP workers would otherwise spin between kernels and steal the cores BLAS needs next
-# (measured 2-4x slower forwards on a busy 2-core machine); set before Numba loads its OpenMP pool.
+# Kernels and BLAS products alternate, so neither pool may spin while the other works: Numba's
+# OpenMP workers spinning made GEMMs 2x slower, OpenBLAS's idle threads (2^28 cycles of spinning
+# by default) made the kernels 2x slower. Both are read when the libraries load, so they only take
+# effect if npvitpose is imported before NumPy; the README says so. A user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
 
 from .errors import NpvitposeError  # noqa: E402
 from .model import VARIANTS, Config, Model, load  # noqa: E402

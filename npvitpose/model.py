@@ -135,16 +135,18 @@ class Model:
         x += w["backbone.patch_embed.proj.bias"]
         x.reshape(b, n, cfg.dim)[:] += self._pos
         _tap(taps, "embeddings", x, b)
+        h, a, t = (np.empty_like(x) for _ in range(3))  # (B*N, C) buffers reused by every block
+        qkv = np.empty((b * n, 3 * cfg.dim), np.float32)
+        hidden = np.empty((b * n, cfg.mlp_hidden), np.float32)
         for i in range(cfg.depth):
             p = f"backbone.blocks.{i}."
-            h = layernorm(x, w[p + "norm1.weight"], w[p + "norm1.bias"], cfg.ln_eps)  # (B*N, C)
-            qkv = h @ w[p + "attn.qkv.weight"].T  # (B*N, 3C)
-            qkv += w[p + "attn.qkv.bias"]
-            a = attention(qkv, n, cfg.heads)  # (B*N, C)
-            bias_residual(x, a @ w[p + "attn.proj.weight"].T, w[p + "attn.proj.bias"])
-            h = layernorm(x, w[p + "norm2.weight"], w[p + "norm2.bias"], cfg.ln_eps)
-            h = bias_gelu(h @ w[p + "mlp.fc1.weight"].T, w[p + "mlp.fc1.bias"])  # (B*N, 4C)
-            bias_residual(x, h @ w[p + "mlp.fc2.weight"].T, w[p + "mlp.fc2.bias"])
+            layernorm(x, w[p + "norm1.weight"], w[p + "norm1.bias"], cfg.ln_eps, out=h)
+            np.matmul(h, w[p + "attn.qkv.weight"].T, out=qkv)  # (B*N, 3C)
+            attention(qkv, n, cfg.heads, bias=w[p + "attn.qkv.bias"], out=a)  # (B*N, C)
+            bias_residual(x, np.matmul(a, w[p + "attn.proj.weight"].T, out=t), w[p + "attn.proj.bias"])
+            layernorm(x, w[p + "norm2.weight"], w[p + "norm2.bias"], cfg.ln_eps, out=h)
+            bias_gelu(np.matmul(h, w[p + "mlp.fc1.weight"].T, out=hidden), w[p + "mlp.fc1.bias"])  # (B*N, 4C)
+            bias_residual(x, np.matmul(hidden, w[p + "mlp.fc2.weight"].T, out=t), w[p + "mlp.fc2.bias"])
             _tap(taps, f"blocks.{i}", x, b)
         x = layernorm(x, w["backbone.last_norm.weight"], w["backbone.last_norm.bias"], cfg.ln_eps)
         _tap(taps, "last_norm", x, b)

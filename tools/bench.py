@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import npvitpose  # noqa: F401  (first, as the README advises: it sets the thread-pool wait policies)
 import numpy as np
 
 ENGINES = ("npvitpose", "torch", "onnxruntime")
