@@ -37,40 +37,36 @@ def time_forward(model, batch, repeats=3, warmup=1):
     return float(np.median(times)), float(min(times)), float(max(times))
 
 
-def gemm_shapes(cfg, batch):
-    """(M, K, N, count) of every matrix product one forward makes: the part BLAS sets the pace of."""
-    tokens = 192 * batch
-    shapes = [(tokens, 3 * 16 * 16, cfg.dim, 1),
-              (tokens, cfg.dim, 3 * cfg.dim, cfg.depth), (tokens, cfg.dim, cfg.dim, cfg.depth),
-              (tokens, cfg.dim, cfg.mlp_hidden, cfg.depth), (tokens, cfg.mlp_hidden, cfg.dim, cfg.depth)]
-    if cfg.head == "classic":
-        shapes += [(tokens, cfg.dim, 16 * 256, 1), (4 * tokens, 256, 16 * 256, 1),
-                   (16 * tokens, 256, cfg.num_keypoints, 1)]
-    else:
-        shapes += [(tokens, cfg.dim, 9 * cfg.num_keypoints, 1)]
-    return shapes
-
-
-def gemm_roofline(cfg, batch, repeats=3):
-    """Seconds per forward for its matrix products alone, at NumPy's BLAS rate on these shapes."""
+def gemm_roofline(model, batch, repeats=3):
+    """Seconds for one forward's matrix products alone: the model's own weights, in the forward's
+    order and shapes, through NumPy's BLAS. No forward can be faster than this with that BLAS."""
+    cfg, w = model.config, model.weights
+    m = 192 * batch
     rng = np.random.default_rng(0)
-    total = 0.0
-    for m, k, n, count in gemm_shapes(cfg, batch):
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((n, k), dtype=np.float32)
-        out = np.empty((m, n), np.float32)
-        np.matmul(a, b.T, out=out)
-        best = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            np.matmul(a, b.T, out=out)
-            best.append(time.perf_counter() - t)
-        total += float(np.median(best)) * count
-    return total
-
-
-def gemm_flops(cfg, batch):
-    return sum(2 * m * k * n * count for m, k, n, count in gemm_shapes(cfg, batch))
+    products = [(model._patch_w, False)]
+    for i in range(cfg.depth):
+        p = f"backbone.blocks.{i}."
+        products += [(w[p + "attn.qkv.weight"], True), (w[p + "attn.proj.weight"], True),
+                     (w[p + "mlp.fc1.weight"], True), (w[p + "mlp.fc2.weight"], True)]
+    rows = [m] * len(products)
+    if cfg.head == "classic":
+        products += [(wmat, False) for wmat, _ in model._deconv] + [(model._final_w, False)]
+        rows += [m, 4 * m, 16 * m]
+    else:
+        products.append((model._final_w, False))
+        rows.append(m)
+    operands = []
+    for (weight, transposed), r in zip(products, rows):
+        k, n = weight.shape[::-1] if transposed else weight.shape
+        operands.append((rng.standard_normal((r, k), dtype=np.float32), weight.T if transposed else weight,
+                         np.empty((r, n), np.float32)))
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        for a, b, out in operands:
+            np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:]))
 
 
 def profile(model, batch, repeats=3):
@@ -125,7 +121,7 @@ def main(args):
         threads.set_threads(n)
         for batch in args.batch:
             med, _, _ = time_forward(model, batch, args.repeats)
-            roof = gemm_roofline(cfg, batch)
+            roof = gemm_roofline(model, batch)
             print(f"{n:>7} {batch:>5} {1e3 * med / batch:>9.1f} {batch / med:>8.2f} {1e3 * roof / batch:>22.1f}"
                   f" {roof / med:>10.0%}")
     if args.profile:

@@ -46,7 +46,10 @@ def _number(value, where):
     # bool is an int subclass in Python but `true` is never a coordinate
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise NpvitposeError(f"{where}: {value!r} is not a number")
-    value = float(value)  # a huge JSON integer overflows here to inf, caught just below
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits (found by tests/test_fuzz_boxes.py)
+        value = math.inf
     if not math.isfinite(value):
         raise NpvitposeError(f"{where}: {value!r} is not a finite number")
     return value

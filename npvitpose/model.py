@@ -229,13 +229,14 @@ def from_weights(weights, meta):
     return Model(weights, meta)
 
 
-def load(path):
+def load(path, mmap=False):
     """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
 
-    Weights are memory-mapped, read-only: processes loading the same file share its pages.
+    mmap=True maps the weights read-only instead of reading them: processes loading the same file
+    share its pages, at the price of slower small batches (4 KiB pages, see npvitpose/npz.py).
     """
     path = os.fspath(path)
-    arrays = read_npz(path)
+    arrays = read_npz(path, mmap=mmap)
     if "__meta__" not in arrays:
         raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
     try:

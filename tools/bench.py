@@ -11,7 +11,6 @@ the model's exact GEMM shapes) is measured in the same run. Writes JSON, a markd
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -103,17 +102,21 @@ def load_engine(engine, folder, threads):
 def worker(args):
     """Answer `batch` lines on stdin with one timed forward each; `rss` with the peak RSS so far."""
     run = load_engine(args.engine, args.folder, args.threads)
+    model = getattr(run, "__self__", None)  # npvitpose: the Model behind `forward`
     warmed = set()
     for line in sys.stdin:
         cmd = line.split()
         if cmd[0] == "rss":
             out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        elif cmd[0] == "profile":
+            from npvitpose.bench import profile
+
+            total, rows = profile(model, int(cmd[1]))
+            out = {"seconds": total, "rows": rows}
         elif cmd[0] == "roofline":
             from npvitpose.bench import gemm_roofline
-            from npvitpose.model import VARIANTS
 
-            cfg = dataclasses.replace(VARIANTS[args.variant], head=args.head)
-            out = {"seconds": gemm_roofline(cfg, int(cmd[1]))}
+            out = {"seconds": gemm_roofline(model, int(cmd[1]))}
         else:
             batch = int(cmd[1])
             pixels = np.random.default_rng(batch).standard_normal((batch, 3, 256, 192)).astype(np.float32)
@@ -192,6 +195,8 @@ def bench_variant(variant, head, batches, repeats, threads, workdir, engines):
             for e in engines:
                 samples[e, b].append(1e3 * workers[e].ask(f"forward {b}")["seconds"] / b)
             roof[b].append(1e3 * workers["npvitpose"].ask(f"roofline {b}")["seconds"] / b)
+    if "npvitpose" in workers:
+        result["profile"] = {str(b): workers["npvitpose"].ask(f"profile {b}") for b in (batches[0], batches[-1])}
     for w in workers.values():
         w.close()
     for b in batches:
@@ -227,6 +232,14 @@ def markdown(results, start, scale):
         rss = r["rss_mb"]
         lines.append(f"| {r['variant']} {r['head']} | {rss.get('npvitpose', 0):.0f} | {rss.get('torch', 0):.0f} | "
                      f"{rss.get('onnxruntime', 0):.0f} |")
+    for r in results:
+        for b, prof in r.get("profile", {}).items():
+            total = prof["seconds"]
+            lines += ["", f"Where one npvitpose forward's time goes: {r['variant']} {r['head']}, batch {b}, "
+                          f"{1e3 * total / int(b):.1f} ms/crop", "", "| part | ms/crop | share |", "|---|---|---|"]
+            for name, sec in sorted(prof["rows"].items(), key=lambda kv: -kv[1]):
+                lines.append(f"| {name} | {1e3 * sec / int(b):.2f} | {sec / total:.1%} |")
+        break
     if scale:
         lines += ["", f"Thread scaling (npvitpose, {scale['model']}, batch {scale['batch']}): "
                       f"1 thread {scale[1]:.1f} ms/crop, 2 threads {scale[2]:.1f} ms/crop ({scale[1] / scale[2]:.2f}x)"]
