@@ -1,8 +1,8 @@
 """Side-by-side benchmark: npvitpose vs PyTorch eager (transformers' VitPose) vs ONNX Runtime.
 
     pip install -e ".[bench]"
-    python tools/bench.py                      # B simple + classic, S, L; batch 1, 4, 16
-    python tools/bench.py --variants vitpose-h:classic --batches 1 16 --repeats 2
+    python tools/bench.py                      # B simple + classic, S, L, H; batch 1, 4, 16 (~20 min)
+    python tools/bench.py --variants vitpose-s:classic --batches 1 16 --repeats 2
 
 The same random weights run in every engine. Each engine lives in its own worker process (so peak
 RSS is its own); forwards are interleaved across engines round by round, and medians are reported
@@ -277,13 +277,14 @@ def plot(results, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["vitpose-b:simple", "vitpose-b:classic", "vitpose-s:classic",
-                                                     "vitpose-l:classic"], help="variant:head pairs")
+                                                     "vitpose-l:classic", "vitpose-h:classic"],
+                   help="variant:head pairs")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "npvitpose-bench"))
-    p.add_argument("--out", default="bench-results", help="prefix of the .json, .md and .png written")
+    p.add_argument("--out", default="docs/bench", help="prefix of the .json, .md and .png written")
     p.add_argument("--no-startup", action="store_true", help="skip the `npvitpose infer` start-up timing")
     p.add_argument("--worker", choices=ENGINES, dest="engine", help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
