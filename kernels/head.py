@@ -45,6 +45,9 @@ def deconv_weight(weight):
     return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(cin, kh * kw * cout), dtype=np.float32)
 
 
+_COLS_BYTES = 8 << 20
+
+
 def deconv4x4s2(x, wmat, bias, relu=False):
     """Transposed conv k=4, s=2, p=1: x (B, H, W, Cin) -> (B, 2H, 2W, Cout); wmat from deconv_weight."""
     if x.dtype != np.float32 or x.ndim != 4 or not x.flags.c_contiguous:
@@ -53,9 +56,16 @@ def deconv4x4s2(x, wmat, bias, relu=False):
     cout = wmat.shape[1] // 16
     if wmat.shape[0] != cin or wmat.shape[1] != 16 * cout or bias.shape != (cout,):
         raise ValueError(f"weight {wmat.shape} / bias {bias.shape} do not fit input channels {cin}")
-    cols = x.reshape(b * h * w, cin) @ wmat  # (B*H*W, 16*Cout): the whole deconv's arithmetic in one GEMM
+    bias = np.ascontiguousarray(bias, np.float32)
     out = np.empty((b, 2 * h, 2 * w, cout), np.float32)
-    _col2im_s2(cols, h, w, cout, np.ascontiguousarray(bias, np.float32), relu, out)
+    # the GEMM writes 16x the output's size: a few crops at a time keep it in cache and allocated once
+    step = max(1, _COLS_BYTES // (h * w * 16 * cout * 4))
+    cols = np.empty((min(step, b) * h * w, 16 * cout), np.float32)
+    for start in range(0, b, step):
+        n = min(step, b - start)
+        part = cols[:n * h * w]
+        np.matmul(x[start:start + n].reshape(n * h * w, cin), wmat, out=part)  # (n*H*W, 16*Cout)
+        _col2im_s2(part, h, w, cout, bias, relu, out[start:start + n])
     return out
 
 

@@ -78,7 +78,7 @@ def test_patch_grid_keeps_padding_two():
     assert cols[0, 4 * 16 + 4] == 1.0 and cols.sum() == 1.0
 
 
-@pytest.mark.parametrize("b,h,w,cin,cout", [(1, 3, 5, 4, 3), (2, 16, 12, 768, 256)])
+@pytest.mark.parametrize("b,h,w,cin,cout", [(1, 3, 5, 4, 3), (2, 16, 12, 768, 256), (3, 32, 24, 16, 256)])
 def test_deconv(b, h, w, cin, cout):
     x, weight, bias = f32(b, h, w, cin), f32(cin, cout, 4, 4, scale=0.05), f32(cout)
     got = head.deconv4x4s2(x, head.deconv_weight(weight), bias)  # (B, 2H, 2W, Cout)
