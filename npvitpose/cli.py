@@ -84,7 +84,15 @@ def _temp_next_to(path):
     ext = os.path.splitext(base)[1]
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".part{ext}", dir=folder)
     os.close(fd)
+    _default_mode(tmp)
     return tmp
+
+
+def _default_mode(path):
+    """mkstemp makes 0600 files; an output should get the usual 0666 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _discard(tmp):

@@ -261,6 +261,9 @@ def save_npz(path, weights, meta):
     arrays["__meta__"] = np.array(json.dumps(meta))
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".npvitpose-", suffix=".npz.part", dir=folder)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a converted model is an ordinary file
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -1,6 +1,7 @@
 """The model file: validation of every key, shape, dtype and metadata field; batching; imports."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,11 @@ def write(tmp_path, weights, meta=META, name="m.npz"):
 
 
 def test_roundtrip_and_metadata(tmp_path, weights):
-    model = npvitpose.load(write(tmp_path, weights))
+    path = write(tmp_path, weights)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # an ordinary file, not mkstemp's 0600
+    model = npvitpose.load(path)
     assert model.num_keypoints == 17 and model.meta["dataset"] == "coco" and model.meta["format_version"] == 1
     for key, a in weights.items():
         assert np.array_equal(model.weights[key], a)
