@@ -6,9 +6,6 @@ import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
-import textwrap
 import time
 import tracemalloc
 import zipfile
@@ -22,6 +19,7 @@ from safetensors.torch import save_file as torch_save_file
 
 from npvitpose.checkpoint import read_pth, read_safetensors
 from npvitpose.errors import NpvitposeError
+from no_torch import run_without_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,20 +103,12 @@ def test_readers_need_no_torch(tmp_path):
     sd = mixed_state_dict()
     torch.save({"state_dict": sd, "meta": {"epoch": 1}}, pth)
     torch_save_file({"a": torch.randn(3, 2), "b": torch.randn(4).bfloat16()}, st)
-    script = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "safetensors", "transformers"):
-                    raise ImportError("blocked " + name)
-        sys.meta_path.insert(0, Block())
+    result = run_without_torch(f"""
         import numpy as np
         from npvitpose.checkpoint import read_pth, read_safetensors
         a, b = read_pth({str(pth)!r}), read_safetensors({str(st)!r})
-        assert not any(m.split(".")[0] == "torch" for m in sys.modules)
         print(sum(float(np.asarray(v, dtype=np.float64).sum()) for d in (a, b) for v in d.values()))
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    """, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     expected = sum(float(reference(v).astype(np.float64).sum()) for v in sd.values())
     expected += sum(float(reference(v).astype(np.float64).sum()) for v in torch_load_file(str(st)).values())

@@ -8,9 +8,6 @@ import collections
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ import npvitpose
 from npvitpose.convert import convert
 from npvitpose.datasets import DATASETS
 from npvitpose.errors import NpvitposeError
+from no_torch import run_without_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSOC_K = [14, 16, 17, 17, 133]  # spec 1.6: associate heads 0..4 = aic, mpii, ap10k, apt36k, wholebody
@@ -435,19 +433,11 @@ def test_convert_needs_no_torch(tmp_path):
     save_pth(tmp_path / "plus.pth", sd)
     hf = hf_model(depth=1, heads=12, simple=True)
     hf.save_pretrained(tmp_path / "hf")
-    script = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "safetensors", "transformers"):
-                    raise ImportError("blocked " + name)
-        sys.meta_path.insert(0, Block())
+    result = run_without_torch(f"""
         from npvitpose.convert import convert
         convert({str(tmp_path / "plus.pth")!r}, {str(tmp_path / "plus.npz")!r}, dataset="aic")
         convert({str(tmp_path / "hf")!r}, {str(tmp_path / "hf.npz")!r})
-        assert not any(m.split(".")[0] == "torch" for m in sys.modules)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    """, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert_weights_equal(read_npz(tmp_path / "plus.npz")[0], dense_expected(sd, "associate_keypoint_heads.0.", 1))
     assert_weights_equal(read_npz(tmp_path / "hf.npz")[0], hf_expected(hf))

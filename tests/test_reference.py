@@ -12,8 +12,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,28 +54,13 @@ CASES = [
 ]
 
 # convert() in a fresh interpreter whose import system refuses torch, transformers and safetensors
-_CONVERT_NO_TORCH = r"""
-import json, sys
-
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "safetensors"):
-            raise ImportError("blocked by the test: " + name)
-        return None
-
-sys.meta_path.insert(0, _NoTorch())
-try:
-    import torch  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("the torch blocker does not work")
+_CONVERT = """
+import json
 from npvitpose.convert import convert
 meta = convert(sys.argv[1], sys.argv[2], dataset=None if sys.argv[3] == "-" else sys.argv[3])
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "safetensors"))
-assert not leaked, leaked
 print(json.dumps(meta))
 """
+from no_torch import run_without_torch
 
 _REPORT = {}  # case id -> measured errors
 _RUNS = {}  # case -> result dict, shared by the tests that look at one case
@@ -97,8 +80,7 @@ def _weights(name):
 
 
 def convert_without_torch(src, out, dataset):
-    proc = subprocess.run([sys.executable, "-c", _CONVERT_NO_TORCH, str(src), str(out), dataset or "-"],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_without_torch(_CONVERT, src, out, dataset or "-", timeout=600)
     assert proc.returncode == 0, f"torch-free conversion of {src} failed:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
