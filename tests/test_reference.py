@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import hf_reference as R  # tests/ is on sys.path through conftest.py
+from no_torch import run_without_torch
 
 import npvitpose
 
@@ -60,7 +61,6 @@ from npvitpose.convert import convert
 meta = convert(sys.argv[1], sys.argv[2], dataset=None if sys.argv[3] == "-" else sys.argv[3])
 print(json.dumps(meta))
 """
-from no_torch import run_without_torch
 
 _REPORT = {}  # case id -> measured errors
 _RUNS = {}  # case -> result dict, shared by the tests that look at one case
