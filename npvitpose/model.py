@@ -236,6 +236,8 @@ def load(path, mmap=False):
     share its pages, at the price of slower small batches (4 KiB pages, see npvitpose/npz.py).
     """
     path = os.fspath(path)
+    if os.path.isdir(path) or path.endswith((".pth", ".safetensors")):
+        raise NpvitposeError(f"{path}: a checkpoint, not a converted model; run `npvitpose convert {path} -o MODEL.npz`")
     arrays = read_npz(path, mmap=mmap)
     if "__meta__" not in arrays:
         raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
