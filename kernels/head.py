@@ -137,21 +137,37 @@ def upsample4(x, relu=False):
 
 
 @pjit
-def _conv3x3_gather(z, bias, out):
+def _upsample4_conv3x3(z, bias, out):
+    # out[b, k, y, x] = bias[k] + sum over taps t = (dy, dx) of up(z[..., t, k])[y + dy - 1, x + dx - 1],
+    # zero outside the map: the 3x3 conv's padding (spec 2.2); up() is the same lerp as _upsample4
     b_, h, w, taps, k = z.shape
+    oh, ow = 4 * h, 4 * w
     for t in prange(b_ * k):
         b = t // k
         kk = t % k
-        for y in range(h):
-            for x in range(w):
+        for y in range(oh):
+            for x in range(ow):
                 s = bias[kk]
                 for dy in range(3):
-                    yy = y + dy - 1
-                    if 0 <= yy < h:
-                        for dx in range(3):
-                            xx = x + dx - 1
-                            if 0 <= xx < w:
-                                s += z[b, yy, xx, dy * 3 + dx, kk]
+                    u = y + dy - 1
+                    if u < 0 or u >= oh:
+                        continue
+                    su = max((u + 0.5) / 4.0 - 0.5, 0.0)
+                    u0 = int(su)
+                    u1 = min(u0 + 1, h - 1)
+                    lu = np.float32(su - u0)
+                    for dx in range(3):
+                        v = x + dx - 1
+                        if v < 0 or v >= ow:
+                            continue
+                        sv = max((v + 0.5) / 4.0 - 0.5, 0.0)
+                        v0 = int(sv)
+                        v1 = min(v0 + 1, w - 1)
+                        lv = np.float32(sv - v0)
+                        tap = dy * 3 + dx
+                        top = z[b, u0, v0, tap, kk] * (1 - lv) + z[b, u0, v1, tap, kk] * lv
+                        bot = z[b, u1, v0, tap, kk] * (1 - lv) + z[b, u1, v1, tap, kk] * lv
+                        s += top * (1 - lu) + bot * lu
                 out[b, kk, y, x] = s
 
 
@@ -161,18 +177,16 @@ def conv3x3_weight(weight):
     return np.ascontiguousarray(weight.transpose(1, 2, 3, 0).reshape(c, 9 * k), dtype=np.float32)
 
 
-def conv3x3_taps(z, bias):
-    """Sum per-tap projections into a 3x3 / padding 1 conv: z (B, H, W, 9, K) -> (B, K, H, W)."""
+def upsample4_conv3x3(z, bias):
+    """The simple head after its channel mix: z (B, H, W, 9, K), each tap's projection of the
+    low-resolution map, -> bilinear x4 of every tap, summed as a 3x3 / padding 1 conv: (B, K, 4H, 4W).
+
+    Bilinear upsampling works per channel and the conv mixes channels per pixel, so projecting
+    first and upsampling the 9K projections equals conv3x3(upsample4(x)), with 16x fewer FLOPs.
+    """
     if z.dtype != np.float32 or z.ndim != 5 or z.shape[3] != 9 or not z.flags.c_contiguous:
         raise ValueError(f"z must be C-contiguous float32 (B, H, W, 9, K), got {z.dtype} {z.shape}")
     b, h, w, _, k = z.shape
-    out = np.empty((b, k, h, w), np.float32)
-    _conv3x3_gather(z, np.ascontiguousarray(bias, np.float32), out)
+    out = np.empty((b, k, 4 * h, 4 * w), np.float32)
+    _upsample4_conv3x3(z, np.ascontiguousarray(bias, np.float32), out)
     return out
-
-
-def conv3x3(x, wmat, bias):
-    """3x3 conv, padding 1, channels-last x (B, H, W, C) -> (B, K, H, W); wmat from conv3x3_weight."""
-    b, h, w, c = x.shape
-    z = (x.reshape(b * h * w, c) @ wmat).reshape(b, h, w, 9, -1)
-    return conv3x3_taps(z, bias)

@@ -14,7 +14,7 @@ from . import threads
 
 # the kernels the forward calls by name; everything else in a forward is BLAS matrix products and glue
 _KERNELS = ("im2col", "layernorm", "attention", "bias_gelu", "bias_residual", "deconv4x4s2", "upsample4",
-            "conv3x3_taps")
+            "upsample4_conv3x3")
 
 
 def build(variant="vitpose-b", head="classic", num_keypoints=17, seed=0):

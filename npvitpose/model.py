@@ -11,7 +11,7 @@ import numpy as np
 from . import threads
 from .errors import NpvitposeError
 from .kernels.attention import attention
-from .kernels.head import conv3x3_taps, conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4
+from .kernels.head import conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4, upsample4_conv3x3
 from .kernels.layernorm import layernorm
 from .kernels.mlp import bias_gelu, bias_residual
 from .kernels.patch_embed import grid, im2col
@@ -165,8 +165,7 @@ class Model:
         # spec 2.2 reordered: the 3x3 conv's channel mix commutes with the per-channel bilinear x4,
         # so project the 16x12 map to 9 taps x K first and upsample those (16x fewer FLOPs)
         z = np.maximum(f, 0).reshape(b * n, cfg.dim) @ self._final_w  # (B*N, 9K)
-        z = upsample4(z.reshape(b, hp, wp, 9 * k))  # (B, 64, 48, 9K)
-        return conv3x3_taps(z.reshape(b, 4 * hp, 4 * wp, 9, k), w["keypoint_head.final_layer.bias"])
+        return upsample4_conv3x3(z.reshape(b, hp, wp, 9, k), w["keypoint_head.final_layer.bias"])  # (B, K, 64, 48)
 
     def __call__(self, image, boxes, box_format="xywh", color="rgb", **kwargs):
         """Keypoints for the person boxes in one image: see `npvitpose.pipeline.predict`."""
@@ -237,7 +236,8 @@ def load(path, mmap=False):
     """
     path = os.fspath(path)
     if os.path.isdir(path) or path.endswith((".pth", ".safetensors")):
-        raise NpvitposeError(f"{path}: a checkpoint, not a converted model; run `npvitpose convert {path} -o MODEL.npz`")
+        raise NpvitposeError(
+            f"{path}: a checkpoint, not a converted model; run `npvitpose convert {path} -o MODEL.npz`")
     arrays = read_npz(path, mmap=mmap)
     if "__meta__" not in arrays:
         raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
@@ -248,7 +248,8 @@ def load(path, mmap=False):
     if not isinstance(meta, dict):
         raise NpvitposeError(f"{path}: __meta__ is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise NpvitposeError(f"{path}: format version {meta.get('format_version')!r}, this npvitpose reads {FORMAT_VERSION}")
+        raise NpvitposeError(
+            f"{path}: format version {meta.get('format_version')!r}, this npvitpose reads {FORMAT_VERSION}")
     try:
         return Model(arrays, meta)
     except NpvitposeError as e:

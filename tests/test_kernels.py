@@ -110,11 +110,14 @@ def test_upsample(b, h, w, c):
     assert rel_err(head.upsample4(x, relu=True).transpose(0, 3, 1, 2), want_relu) < 1e-6
 
 
-@pytest.mark.parametrize("b,h,w,c,k", [(1, 5, 4, 3, 2), (1, 64, 48, 768, 17)])
-def test_conv3x3(b, h, w, c, k):
+@pytest.mark.parametrize("b,h,w,c,k", [(1, 3, 2, 5, 2), (2, 16, 12, 768, 17), (1, 16, 12, 96, 133)])
+def test_simple_head(b, h, w, c, k):
+    # ReLU, bilinear x4, 3x3 conv (spec 2.2), computed as channel mix first, then upsample4_conv3x3
     x, weight, bias = f32(b, h, w, c), f32(k, c, 3, 3, scale=0.05), f32(k)
-    want = twins.conv2d(x.transpose(0, 3, 1, 2).astype(np.float64), weight, bias)
-    assert rel_err(head.conv3x3(x, head.conv3x3_weight(weight), bias), want) < 1e-5
+    z = (np.maximum(x, 0).reshape(-1, c) @ head.conv3x3_weight(weight)).reshape(b, h, w, 9, k)
+    want = twins.conv2d(twins.upsample_bilinear(np.maximum(x, 0).transpose(0, 3, 1, 2).astype(np.float64)),
+                        weight, bias)
+    assert rel_err(head.upsample4_conv3x3(z, bias), want) < 1e-5
 
 
 def test_kernels_reject_wrong_dtype():
