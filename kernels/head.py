@@ -7,7 +7,7 @@ Classic: transposed conv 4x4 / stride 2 / padding 1 as one GEMM plus a col2im ga
 import numpy as np
 from numba import prange
 
-from ._jit import pjit
+from ._jit import jit, pjit
 
 
 @pjit
@@ -98,22 +98,24 @@ def batchnorm(x, mean, var, gamma, beta, eps=1e-5):
     return x
 
 
+@jit
+def _source(d, n):
+    # spec 2.2, bilinear x4 with align_corners=False: output index d reads (d + 0.5) / 4 - 0.5,
+    # clamped at 0, and its neighbour clamped at the edge -> (i0, i1, weight of i1)
+    s = max((d + 0.5) / 4.0 - 0.5, 0.0)
+    i0 = int(s)
+    return i0, min(i0 + 1, n - 1), np.float32(s - i0)
+
+
 @pjit
 def _upsample4(x, relu, out):
     b_, h, w, c = x.shape
     for t in prange(b_ * 4 * h):
         b = t // (4 * h)
         oy = t % (4 * h)
-        # spec 2.2: source coordinate (d + 0.5) / 4 - 0.5, clamped at 0, neighbour clamped at the edge
-        sy = max((oy + 0.5) / 4.0 - 0.5, 0.0)
-        y0 = int(sy)
-        y1 = min(y0 + 1, h - 1)
-        ly = np.float32(sy - y0)
+        y0, y1, ly = _source(oy, h)
         for ox in range(4 * w):
-            sx = max((ox + 0.5) / 4.0 - 0.5, 0.0)
-            x0 = int(sx)
-            x1 = min(x0 + 1, w - 1)
-            lx = np.float32(sx - x0)
+            x0, x1, lx = _source(ox, w)
             for ch in range(c):
                 a = x[b, y0, x0, ch]
                 bb = x[b, y0, x1, ch]
@@ -152,18 +154,12 @@ def _upsample4_conv3x3(z, bias, out):
                     u = y + dy - 1
                     if u < 0 or u >= oh:
                         continue
-                    su = max((u + 0.5) / 4.0 - 0.5, 0.0)
-                    u0 = int(su)
-                    u1 = min(u0 + 1, h - 1)
-                    lu = np.float32(su - u0)
+                    u0, u1, lu = _source(u, h)
                     for dx in range(3):
                         v = x + dx - 1
                         if v < 0 or v >= ow:
                             continue
-                        sv = max((v + 0.5) / 4.0 - 0.5, 0.0)
-                        v0 = int(sv)
-                        v1 = min(v0 + 1, w - 1)
-                        lv = np.float32(sv - v0)
+                        v0, v1, lv = _source(v, w)
                         tap = dy * 3 + dx
                         top = z[b, u0, v0, tap, kk] * (1 - lv) + z[b, u0, v1, tap, kk] * lv
                         bot = z[b, u1, v0, tap, kk] * (1 - lv) + z[b, u1, v1, tap, kk] * lv
