@@ -17,6 +17,7 @@ import numpy as np
 from .errors import NpvitposeError
 
 PROG = "npvitpose"
+DEFAULT_MODEL = "vitpose-b"  # usyd-community/vitpose-base: ViTPose-B, classic head, COCO (spec 7)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
 VIDEO_FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -156,7 +157,7 @@ def expand_inputs(paths):
 
 
 def resolve_model(spec, cache=None):
-    """`--model`: an existing .npz path, else a fetched model name looked up in the cache."""
+    """`--model`: an existing .npz path, else a published model name, downloaded into the cache on first use."""
     from . import fetch
 
     if os.path.exists(spec):
@@ -169,9 +170,9 @@ def resolve_model(spec, cache=None):
         ) from None
     path = fetch.model_path(canonical, cache)
     if not os.path.exists(path):
-        raise NpvitposeError(
-            f"model {spec!r} is not in the cache {os.path.dirname(path)!r}; run `npvitpose fetch {spec}` first"
-        )
+        sys.stderr.write(f"{PROG}: model {spec!r} is not in the cache {os.path.dirname(path)!r}; "
+                         f"downloading it once from {fetch.SOURCES[canonical].repo}\n")
+        path = fetch.fetch(canonical, cache_dir=cache)
     return path
 
 
@@ -413,6 +414,14 @@ def cmd_infer(args, parser):
         raise NpvitposeError("--image-id selects the detections of one image; for several, use --images or COCO names")
     _set_threads(args.threads)
 
+    detections = Detections(boxes_path, args)  # before any download: a bad boxes file fails fast
+    if detections.plain is not None and len(inputs) > 1:
+        raise NpvitposeError(
+            f"{detections.name}: a plain box list is for one image; for several, use COCO detection results"
+        )
+    if not any(os.path.exists(p) for p in inputs):  # nothing to do: say so before loading or downloading a model
+        raise NpvitposeError(f"image file not found: {inputs[0]}" if len(inputs) == 1 else
+                             f"none of the {len(inputs)} inputs exists (first: {inputs[0]})")
     model_path = resolve_model(args.model, args.cache)
     protected = _Protected(inputs + [boxes_path, args.images, model_path])
     if args.output is not None:
@@ -425,11 +434,6 @@ def cmd_infer(args, parser):
             if args.output is not None and _same_file(target, args.output):
                 raise NpvitposeError(f"--vis {target!r} and -o are the same file")
 
-    detections = Detections(boxes_path, args)
-    if detections.plain is not None and len(inputs) > 1:
-        raise NpvitposeError(
-            f"{detections.name}: a plain box list is for one image; for several, use COCO detection results"
-        )
     runner = Runner(load(model_path), args)
 
     results, failed = [], 0
@@ -547,10 +551,12 @@ def build_parser():
     p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("infer", help="keypoints for person boxes in images, a folder or a video",
-                       usage=f"{PROG} infer [options] INPUT... BOXES.json --model MODEL")
+                       usage=f"{PROG} infer [options] INPUT... BOXES.json [--model MODEL]")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="images, folders of images or one video, then the detections JSON")
-    p.add_argument("--model", required=True, help="a converted .npz, or a fetched model name such as vitpose-b")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a converted .npz, or a published model name, downloaded on first use "
+                        f"(default: {DEFAULT_MODEL}; see `{PROG} fetch --list`)")
     p.add_argument("--cache", metavar="DIR", help="cache folder for fetched model names")
     p.add_argument("-o", "--output", metavar="OUT.json", help="COCO keypoint results (default: stdout)")
     p.add_argument("--vis", metavar="OUT.jpg|DIR", help="also draw the keypoints (an image, a video or a folder)")

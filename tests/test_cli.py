@@ -199,7 +199,7 @@ def test_video_with_per_frame_detections(tmp_path, capsys, model_path):
     assert sorted(os.listdir(tmp_path)) == ["annotated.mp4", "clip.mp4", "dets.json", "res.json"]
 
 
-def test_model_by_fetched_name(tmp_path, capsys, model_path):
+def test_model_by_fetched_name(tmp_path, capsys, model_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copy(model_path, cache / "vitpose-base.npz")
@@ -207,8 +207,15 @@ def test_model_by_fetched_name(tmp_path, capsys, model_path):
     dets = write_json(tmp_path / "d.json", BOXES)
     code, out, _ = run(capsys, "infer", image, dets, "--model", "vitpose-b", "--cache", cache)
     assert code == 0 and len(json.loads(out)) == 2
-    code, _, err = run(capsys, "infer", image, dets, "--model", "vitpose-plus-h", "--cache", cache)
-    assert code == 1 and "npvitpose fetch vitpose-plus-h" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "infer", image, dets, "--cache", cache)  # vitpose-b is the default
+    assert code == 0 and len(json.loads(out)) == 2
+    # a name not in the cache is downloaded on first use (tests/test_fetch.py serves one); nothing listens here
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    code, out, err = run(capsys, "infer", image, dets, "--model", "vitpose-plus-h", "--cache", cache, "-o",
+                         tmp_path / "res.json")
+    assert code == 1 and out == "" and "usyd-community/vitpose-plus-huge" in err
+    assert err.splitlines()[-1].startswith("npvitpose: error: download failed: cannot reach") and err.count("\n") == 2
+    assert not (tmp_path / "res.json").exists() and sorted(os.listdir(cache)) == ["downloads", "vitpose-base.npz"]
 
 
 def test_fetch_list(capsys):
@@ -217,7 +224,7 @@ def test_fetch_list(capsys):
 
 
 def test_usage_errors_exit_2(capsys, model_path):
-    for argv in (["infer", "only.jpg", "--model", model_path], ["infer", "a.jpg", "b.json"],
+    for argv in (["infer", "only.jpg", "--model", model_path],
                  ["infer", "a.jpg", "b.json", "--model", model_path, "--bbox-thr", "-1"], ["nope"]):
         with pytest.raises(SystemExit) as e:
             main(argv)

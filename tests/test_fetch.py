@@ -262,3 +262,28 @@ def test_cli_fetch_error_is_one_line(server, tmp_path, capsys):
     assert code == 1
     assert err.startswith("npvitpose: error: checksum mismatch") and err.count("\n") == 1
     assert not (tmp_path / "vitpose-base.npz").exists()
+
+
+def test_infer_downloads_its_default_model_on_first_use(server, tmp_path, monkeypatch, capsys):
+    import cv2
+
+    from npvitpose.cli import main
+
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("NPVITPOSE_CACHE", str(tmp_path / "cache"))
+    image, boxes = str(tmp_path / "in.png"), tmp_path / "boxes.json"
+    cv2.imwrite(image, np.full((120, 100, 3), 90, np.uint8))
+    boxes.write_text("[[10, 10, 60, 90, 0.8]]")
+    # nothing to run on: refused before any download
+    assert main(["infer", str(tmp_path / "missing.jpg"), str(boxes)]) == 1
+    assert capsys.readouterr().err == f"npvitpose: error: image file not found: {tmp_path / 'missing.jpg'}\n"
+    assert server.requests == []
+    # `npvitpose infer image.jpg boxes.json`, no --model: vitpose-b is fetched, converted and used
+    assert main(["infer", image, str(boxes), "-o", str(tmp_path / "out.json")]) == 0
+    assert "downloading it once from usyd-community/vitpose-base" in capsys.readouterr().err
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert len(results) == 1 and len(results[0]["keypoints"]) == 17 * 3
+    assert os.path.exists(tmp_path / "cache" / "vitpose-base.npz")
+    count = len(server.requests)
+    assert main(["infer", image, str(boxes)]) == 0  # second run: from the cache, no network
+    assert len(server.requests) == count and "downloading" not in capsys.readouterr().err
