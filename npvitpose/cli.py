@@ -162,12 +162,9 @@ def resolve_model(spec, cache=None):
 
     if os.path.exists(spec):
         return spec
-    try:
-        canonical = fetch.canonical_name(spec)
-    except NpvitposeError:
-        raise NpvitposeError(
-            f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)"
-        ) from None
+    if not fetch.is_model_name(spec):
+        raise NpvitposeError(f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)")
+    canonical = fetch.canonical_name(spec)
     path = fetch.model_path(canonical, cache)
     if not os.path.exists(path):
         sys.stderr.write(f"{PROG}: model {spec!r} is not in the cache {os.path.dirname(path)!r}; "

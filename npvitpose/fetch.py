@@ -86,6 +86,15 @@ def canonical_name(name):
     raise NpvitposeError(f"unknown model name {name!r}; known: {', '.join(SOURCES)} (and short forms like vitpose-b)")
 
 
+def is_model_name(name):
+    """True for a name `canonical_name` accepts."""
+    try:
+        canonical_name(name)
+    except NpvitposeError:
+        return False
+    return True
+
+
 def cache_folder(path=None):
     """The cache folder: the argument, else $NPVITPOSE_CACHE, else ~/.cache/npvitpose."""
     if path:

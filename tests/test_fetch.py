@@ -287,3 +287,16 @@ def test_infer_downloads_its_default_model_on_first_use(server, tmp_path, monkey
     count = len(server.requests)
     assert main(["infer", image, str(boxes)]) == 0  # second run: from the cache, no network
     assert len(server.requests) == count and "downloading" not in capsys.readouterr().err
+
+
+def test_load_takes_a_published_name(server, tmp_path, monkeypatch):
+    import npvitpose
+
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("NPVITPOSE_CACHE", str(tmp_path / "cache"))
+    model = npvitpose.load("vitpose-b")  # downloaded and converted into the cache on first use
+    assert model.config.dim == TINY.dim and os.path.exists(tmp_path / "cache" / "vitpose-base.npz")
+    count = len(server.requests)
+    assert npvitpose.load("vitpose-base").config == model.config and len(server.requests) == count
+    with pytest.raises(NpvitposeError, match="no such file"):
+        npvitpose.load(str(tmp_path / "vitpose-b"))  # a path, not a name
