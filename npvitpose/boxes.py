@@ -14,6 +14,7 @@ box simply yields low keypoint scores (nothing is clipped, matching the official
 import json
 import math
 import os
+import re
 
 import numpy as np
 
@@ -136,7 +137,13 @@ def _kind(data):
 def _image_id(value, where):
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise NpvitposeError(f"{where}: image_id {value!r} is not an integer or a string")
-    return value
+    return id_key(value)
+
+
+def id_key(value):
+    """One form for every spelling of an image id: 42, "42" and "000000000042" all become 42."""
+    text = str(value).strip()
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else text
 
 
 def group_coco(data, box_format="xywh", bbox_thr=0.0, name="detections"):
@@ -180,7 +187,10 @@ def read_image_list(path):
             raise NpvitposeError(f"{where}: expected an object with \"id\" and \"file_name\"")
         if not isinstance(item["file_name"], str):
             raise NpvitposeError(f"{where}: file_name {item['file_name']!r} is not a string")
-        table[os.path.basename(item["file_name"])] = _image_id(item["id"], where)
+        base, image_id = os.path.basename(item["file_name"]), _image_id(item["id"], where)
+        if table.get(base, image_id) != image_id:
+            raise NpvitposeError(f"{where}: file name {base!r} is listed with two ids, {table[base]!r} and {image_id!r}")
+        table[base] = image_id
     return table
 
 

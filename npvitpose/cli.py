@@ -6,19 +6,24 @@ partial file and an older output in place.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from .errors import NpvitposeError
+from .outputs import atomic_output, check_target
 
 PROG = "npvitpose"
+# the command's errors are its own one-liners: OpenCV's and FFmpeg's log lines would only add noise to them
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 DEFAULT_MODEL = "vitpose-b"  # usyd-community/vitpose-base: ViTPose-B, classic head, COCO (spec 7)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
+DRAW_EXTS = tuple(e for e in IMAGE_EXTS if e != ".pgm")  # --vis: .pgm holds grey only, drawings are in colour
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
 VIDEO_FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 DATASET_NAMES = ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody")
@@ -73,62 +78,21 @@ def _same_file(a, b):
     return na == nb or (ia is not None and ia == ib)
 
 
-def _check_folder(path, flag):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise NpvitposeError(f"{flag} {path!r}: folder {folder!r} does not exist")
-
-
-def _temp_next_to(path):
-    """A fresh temporary path in the target's folder with the same extension (encoders pick by it)."""
-    folder, base = os.path.split(os.path.abspath(path))
-    ext = os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".part{ext}", dir=folder)
-    os.close(fd)
-    _default_mode(tmp)
-    return tmp
-
-
-def _default_mode(path):
-    """mkstemp makes 0600 files; an output should get the usual 0666 minus the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _discard(tmp):
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-
-
 def write_text_atomic(path, text):
-    tmp = _temp_next_to(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_image_atomic(path, image_rgb):
     import cv2
 
-    tmp = _temp_next_to(path)
-    try:
+    with atomic_output(path) as tmp:
         try:
             ok = cv2.imwrite(tmp, np.ascontiguousarray(image_rgb[:, :, ::-1]))  # OpenCV encodes BGR
         except cv2.error as e:
             raise NpvitposeError(f"cannot write image {path!r}: {str(e).strip().splitlines()[-1]}") from None
         if not ok:
             raise NpvitposeError(f"cannot write image {path!r} (unsupported extension?)")
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
 
 
 def _ext(path):
@@ -167,6 +131,7 @@ def resolve_model(spec, cache=None):
     canonical = fetch.canonical_name(spec)
     path = fetch.model_path(canonical, cache)
     if not os.path.exists(path):
+        fetch.endpoint_url()  # a malformed HF_ENDPOINT is reported before the download is announced
         sys.stderr.write(f"{PROG}: model {spec!r} is not in the cache {os.path.dirname(path)!r}; "
                          f"downloading it once from {fetch.SOURCES[canonical].repo}\n")
         path = fetch.fetch(canonical, cache_dir=cache)
@@ -196,13 +161,6 @@ def roi_areas(boxes):
     return (w2 * 1.25) * (h2 * 1.25)
 
 
-def _coerce_id(value):
-    if value is None:
-        return None
-    text = str(value).strip()
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
 class Detections:
     """The boxes file, parsed once: either one plain box list or COCO results grouped by image id."""
 
@@ -219,7 +177,7 @@ class Detections:
         else:
             self.plain = B.parse_boxes(data, args.box_format, args.bbox_thr, self.name)
         self.image_list = B.read_image_list(args.images) if args.images else None
-        self.image_id = _coerce_id(args.image_id)
+        self.image_id = None if args.image_id is None else B.id_key(args.image_id)
 
     def for_image(self, path):
         """-> (image id, boxes (N, 4) xywh, scores (N,)) for one image file."""
@@ -303,18 +261,18 @@ def _vis_targets(vis, inputs):
         return [None] * len(inputs)
     as_dir = vis.endswith(("/", os.sep)) or os.path.isdir(vis) or len(inputs) > 1 or not _ext(vis)
     if not as_dir:
-        want = VIDEO_EXTS if _is_video(inputs[0]) else IMAGE_EXTS
+        want = VIDEO_EXTS if _is_video(inputs[0]) else DRAW_EXTS
         if _ext(vis) not in want:
             kind = "a video" if _is_video(inputs[0]) else "an image"
             raise NpvitposeError(f"--vis {vis!r}: the input is {kind}, so use one of {', '.join(want)}")
-        _check_folder(vis, "--vis")
+        check_target(vis, "--vis")
         return [vis]
     targets = []
     for path in inputs:
         stem, ext = os.path.splitext(os.path.basename(path))
         if _is_video(path):
             ext = ".mp4"
-        elif ext.lower() not in IMAGE_EXTS:
+        elif ext.lower() not in DRAW_EXTS:
             ext = ".png"
         targets.append(os.path.join(vis, stem + ext))
     seen = {}
@@ -345,15 +303,15 @@ def _infer_video(runner, detections, path, vis_target):
     if not os.path.isfile(path):
         raise NpvitposeError(f"cannot read video {path!r}: no such file")
     capture = cv2.VideoCapture(path)
-    writer = tmp = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(capture.release)
         if not capture.isOpened():
             raise NpvitposeError(f"cannot read video {path!r}: OpenCV cannot open it")
         announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
         bar = Progress(max(announced, 0) or None, os.path.basename(path), unit="frames")
-        records, index = [], 0
+        records, index, writer = [], 0, None
         while True:
             ok, frame = capture.read()
             if not ok or frame is None:
@@ -365,9 +323,10 @@ def _infer_video(runner, detections, path, vis_target):
             if vis_target is not None:
                 if writer is None:
                     os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)
-                    tmp = _temp_next_to(vis_target)
+                    tmp = stack.enter_context(atomic_output(vis_target))  # renamed into place when all went well
                     fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[_ext(vis_target)])
                     writer = cv2.VideoWriter(tmp, fourcc, fps, (image.shape[1], image.shape[0]))
+                    stack.callback(writer.release)  # runs before the rename
                     if not writer.isOpened():
                         raise NpvitposeError(f"cannot write video {vis_target!r}: OpenCV has no encoder for it")
                 writer.write(np.ascontiguousarray(runner.draw(image, keypoints, scores)[:, :, ::-1]))
@@ -378,18 +337,7 @@ def _infer_video(runner, detections, path, vis_target):
             raise NpvitposeError(f"cannot read video {path!r}: no frame could be decoded")
         if announced and index < announced:
             _warn(f"{path}: read {index} of {announced} announced frames")
-        if writer is not None:
-            writer.release()
-            writer = None
-            os.replace(tmp, vis_target)
-            tmp = None
         return records
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-        if tmp is not None:
-            _discard(tmp)
 
 
 def cmd_infer(args, parser):
@@ -423,7 +371,7 @@ def cmd_infer(args, parser):
     protected = _Protected(inputs + [boxes_path, args.images, model_path])
     if args.output is not None:
         protected.check(args.output, "-o")
-        _check_folder(args.output, "-o")
+        check_target(args.output, "-o")
     targets = _vis_targets(args.vis, inputs)
     for target in targets:
         if target is not None:
@@ -475,7 +423,7 @@ def cmd_convert(args, parser):
         raise NpvitposeError(f"{args.src!r}: no such file or folder")
     inside = [os.path.join(args.src, n) for n in os.listdir(args.src)] if os.path.isdir(args.src) else []
     _Protected([args.src, *inside]).check(args.output, "-o")
-    _check_folder(args.output, "-o")
+    check_target(args.output, "-o")
     meta = convert(args.src, args.output, args.dataset)
     print(f"{args.output}: {meta.get('dataset')} model, {meta.get('head')} head, "
           f"{meta.get('num_keypoints')} keypoints, dim {meta.get('dim')}, depth {meta.get('depth')}")
@@ -520,8 +468,8 @@ def _nonneg_float(text):
     return value
 
 
-def _int_at_least(minimum):
-    """An argparse type: an integer >= minimum."""
+def _int_at_least(minimum, maximum=None):
+    """An argparse type: an integer >= minimum (and <= maximum if given)."""
     def parse(text):
         try:
             value = int(text)
@@ -529,12 +477,13 @@ def _int_at_least(minimum):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be <= {maximum}")
         return value
     return parse
 
 
 _positive_int = _int_at_least(1)
-_nonneg_int = _int_at_least(0)
 
 
 def build_parser():
@@ -560,8 +509,9 @@ def build_parser():
     p.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh")
     p.add_argument("--bbox-thr", type=_nonneg_float, default=0.0, help="skip boxes scoring below this")
     p.add_argument("--kpt-thr", type=_nonneg_float, default=0.3, help="draw keypoints scoring at least this")
-    p.add_argument("--radius", type=_nonneg_int, default=4)
-    p.add_argument("--thickness", type=_positive_int, default=2)
+    # bounded: OpenCV's drawing fails on absurd sizes (a thickness over 32767, a radius over 2^31)
+    p.add_argument("--radius", type=_int_at_least(0, 1000), default=4)
+    p.add_argument("--thickness", type=_int_at_least(1, 1000), default=2)
     p.add_argument("--no-flip", action="store_true", help="skip the flip test (about 2x faster)")
     p.add_argument("--decode", choices=DECODERS, default="default",
                    help="default: the model's own (DARK-UDP or quarter shift)")

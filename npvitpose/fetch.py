@@ -115,6 +115,10 @@ def model_path(name, cache=None, dataset=None):
 def endpoint_url(endpoint=None):
     """The hub address: the argument, else $HF_ENDPOINT (the usual mirror switch), else huggingface.co."""
     url = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        where = "--endpoint" if endpoint else "HF_ENDPOINT"
+        raise NpvitposeError(f"hub address {url!r} ({where}) must look like https://host[:port]")
     return url.rstrip("/")
 
 

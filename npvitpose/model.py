@@ -2,7 +2,6 @@
 
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from .kernels.layernorm import layernorm
 from .kernels.mlp import bias_gelu, bias_residual
 from .kernels.patch_embed import grid, im2col
 from .npz import read_npz
+from .outputs import atomic_output
 
 FORMAT_VERSION = 1
 HEIGHT, WIDTH = 256, 192  # spec 1.2: the position table only fits 256x192 crops
@@ -270,17 +270,7 @@ def save_npz(path, weights, meta):
     meta = dict(meta, format_version=FORMAT_VERSION)
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
     arrays["__meta__"] = np.array(json.dumps(meta))
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".npvitpose-", suffix=".npz.part", dir=folder)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a converted model is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 

@@ -7,6 +7,7 @@ same time (kernels and GEMMs alternate), so n threads each means n busy cores, n
 import ctypes
 import glob
 import os
+import warnings
 
 import numba
 import numpy as np
@@ -61,5 +62,8 @@ def apply():
         numba.set_num_threads(_threads)
 
 
-if os.environ.get("NPVITPOSE_THREADS", "").strip().isdigit():
-    set_threads(os.environ["NPVITPOSE_THREADS"])
+_env = os.environ.get("NPVITPOSE_THREADS", "").strip()
+if _env.isdecimal() and int(_env) >= 1:
+    set_threads(int(_env))
+elif _env:
+    warnings.warn(f"NPVITPOSE_THREADS={_env!r} is not a positive integer; ignored", RuntimeWarning, stacklevel=2)

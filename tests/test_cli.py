@@ -176,6 +176,29 @@ def test_images_list_matches_file_names(tmp_path, capsys, model_path):
     assert code == 0 and [r["image_id"] for r in json.loads(out)] == [8]
 
 
+def test_image_ids_match_however_they_are_spelled(tmp_path, capsys, model_path):
+    image = write_image(tmp_path / "000000000042.jpg")
+    dets = write_json(tmp_path / "dets.json", [
+        {"image_id": "000000000042", "category_id": 1, "bbox": BOXES[0][:4], "score": 1},
+        {"image_id": 42, "category_id": 1, "bbox": BOXES[1][:4], "score": 1},
+        {"image_id": "kitchen-1", "category_id": 1, "bbox": BOXES[1][:4], "score": 1},
+    ])
+    for extra in ([], ["--image-id", "000000000042"], ["--image-id", "42"]):
+        code, out, _ = run(capsys, "infer", image, dets, "--model", model_path, *extra)
+        assert code == 0 and [r["image_id"] for r in json.loads(out)] == [42, 42]
+    code, out, _ = run(capsys, "infer", image, dets, "--model", model_path, "--image-id", "kitchen-1")
+    assert code == 0 and [r["image_id"] for r in json.loads(out)] == ["kitchen-1"]
+
+
+def test_image_list_naming_a_file_twice_is_refused(tmp_path, capsys, model_path):
+    image = write_image(tmp_path / "kitchen.jpg")
+    images = write_json(tmp_path / "images.json", [{"id": 7, "file_name": "kitchen.jpg"},
+                                                   {"id": 9, "file_name": "other/kitchen.jpg"}])
+    dets = write_json(tmp_path / "dets.json", [{"image_id": 9, "category_id": 1, "bbox": BOXES[0][:4], "score": 1}])
+    code, out, err = run(capsys, "infer", image, dets, "--model", model_path, "--images", images)
+    assert code == 1 and out == "" and "'kitchen.jpg' is listed with two ids, 7 and 9" in err
+
+
 def test_video_with_per_frame_detections(tmp_path, capsys, model_path):
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))

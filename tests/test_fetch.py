@@ -300,3 +300,14 @@ def test_load_takes_a_published_name(server, tmp_path, monkeypatch):
     assert npvitpose.load("vitpose-base").config == model.config and len(server.requests) == count
     with pytest.raises(NpvitposeError, match="no such file"):
         npvitpose.load(str(tmp_path / "vitpose-b"))  # a path, not a name
+
+
+@pytest.mark.parametrize("endpoint", ["hf-mirror.com", "not a url", "ftp://mirror.example/"])
+def test_malformed_endpoint_is_one_line(tmp_path, monkeypatch, capsys, endpoint):
+    from npvitpose.cli import main
+
+    assert main(["fetch", "vitpose-b", "--cache", str(tmp_path), "--endpoint", endpoint]) == 1
+    assert capsys.readouterr().err == f"npvitpose: error: hub address {endpoint!r} (--endpoint) must look like https://host[:port]\n"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    with pytest.raises(NpvitposeError, match=r"\(HF_ENDPOINT\)"):
+        F.fetch("vitpose-b", cache_dir=str(tmp_path))

@@ -5,6 +5,7 @@ Every failing case also checks: no traceback, no partial output, an older output
 
 import json
 import os
+import stat
 import struct
 import zipfile
 
@@ -277,6 +278,70 @@ def test_output_in_a_missing_folder(capsys, work, model_path):
     code, out, err = infer(capsys, work / "good.jpg", work / "boxes.json", "--model", model_path,
                            "-o", work / "no" / "such" / "out.json")
     assert_failed(code, out, err, work, "does not exist")
+
+
+def test_output_that_is_a_folder_is_refused_before_work(capsys, work, model_path, monkeypatch):
+    import npvitpose.pipeline
+
+    monkeypatch.setattr(npvitpose.pipeline, "predict", lambda *a, **k: pytest.fail("ran before refusing"))
+    (work / "odir").mkdir()
+    code, out, err = infer(capsys, work / "good.jpg", work / "boxes.json", "--model", model_path, "-o", work / "odir")
+    assert_failed(code, out, err, work, "is a folder")  # (--vis DIR is a folder of drawings, by design)
+    assert main(["convert", model_path, "-o", str(work / "odir")]) == 1
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_output_through_a_symlink_keeps_the_link(capsys, work, model_path):
+    (work / "real.json").write_text(OLD)
+    os.symlink("real.json", work / "link.json")
+    code, _, _ = infer(capsys, work / "good.jpg", work / "boxes.json", "--model", model_path, "-o", work / "link.json")
+    assert code == 0 and os.path.islink(work / "link.json") and os.readlink(work / "link.json") == "real.json"
+    assert json.loads((work / "real.json").read_text())[0]["bbox"] == BOXES[0][:4]
+
+
+def test_output_into_a_pipe_writes_through_it(capsys, work, model_path):
+    # a FIFO stands for /dev/stdout or /dev/null: it must be written to, never replaced by a regular file
+    import threading
+
+    fifo = work / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    code, _, _ = infer(capsys, work / "good.jpg", work / "boxes.json", "--model", model_path, "-o", fifo)
+    reader.join(timeout=10)
+    assert code == 0 and len(json.loads(got[0])) == len(BOXES)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert not [n for n in os.listdir(work) if ".part" in n]
+
+
+def test_drawing_sizes_are_bounded(capsys, work, model_path):
+    for flag in ("--thickness", "--radius"):
+        with pytest.raises(SystemExit) as e:
+            main(["infer", str(work / "good.jpg"), str(work / "boxes.json"), "--model", model_path, "--vis",
+                  str(work / "v.jpg"), flag, "32768"])
+        assert e.value.code == 2 and not (work / "v.jpg").exists()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_vis_format_that_cannot_hold_colour_is_refused_before_work(capsys, work, model_path):
+    code, out, err = infer(capsys, work / "good.jpg", work / "boxes.json", "--model", model_path, "--vis",
+                           work / "v.pgm", "-o", work / "out.json")
+    assert_failed(code, out, err, work, "v.pgm")
+
+
+def test_no_opencv_log_lines_around_the_error(work, model_path):
+    # a separate process: OpenCV reads its log settings once, when it loads
+    import subprocess
+    import sys
+
+    (work / "fake.mp4").write_text("not a video")
+    proc = subprocess.run([sys.executable, "-m", "npvitpose.cli", "infer", str(work / "fake.mp4"),
+                           str(work / "boxes.json"), "--model", model_path], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "npvitpose: error: cannot read video 'fake.mp4': OpenCV cannot open it\n".replace(
+        "'fake.mp4'", repr(str(work / "fake.mp4")))
 
 
 def test_interrupt_leaves_no_output(capsys, work, model_path, monkeypatch):

@@ -1,0 +1,58 @@
+"""Output files that a failed run never leaves half-written: a temporary file, renamed onto the target at the end."""
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+
+from .errors import NpvitposeError
+
+
+def _is_special(path):
+    """A device, pipe or socket (/dev/null, /dev/stdout, a FIFO): it can be written to but not replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def check_target(path, flag):
+    """Refuse, before any work, an output that could not be written at the end."""
+    if _is_special(path):
+        return
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
+        raise NpvitposeError(f"{flag} {path!r} is a folder, not a file")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise NpvitposeError(f"{flag} {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise NpvitposeError(f"{flag} {path!r}: cannot write into folder {folder!r}")
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yields a temporary path with the target's extension (encoders choose by it); if the block succeeds,
+    it replaces `path`, else it is deleted. A symlink keeps its place (the file it points to is replaced);
+    a device or pipe gets the finished bytes copied into it."""
+    special = _is_special(path)
+    target = path if special else os.path.realpath(path)  # a pipe's real path (/proc/.../pipe:[n]) is no path
+    base = os.path.basename(target)
+    folder = tempfile.gettempdir() if special else os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".part{os.path.splitext(base)[1]}", dir=folder)
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; an output is an ordinary file
+    try:
+        yield tmp
+        if special:
+            with open(tmp, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
