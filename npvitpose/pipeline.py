@@ -1,5 +1,6 @@
 """Top-down pipeline: boxes -> affine crops -> model -> flip-averaged heatmaps -> keypoints (spec 0, 4, 5)."""
 
+import numbers
 import os
 
 import numpy as np
@@ -14,6 +15,8 @@ ASPECT = CROP_W / CROP_H  # spec 4.1: r = 0.75
 PADDING = 1.25  # spec 4.1: ROI = 1.25 x the aspect-fixed box
 PIXEL_STD = 200.0  # spec 4.1: scale is in units of 200 px
 CHUNK = 16  # crops per forward (plus their flips): bounds the activation memory
+MAX_PIXELS = 2.0**20  # coordinates and crops up to 2^20 px keep every ROI in the warp's +-2^21 px int32 fixed point
+MIN_ROI = 1.0  # below one pixel the float32 classic matrix turns singular far from the origin (centre ulp 1/4 px)
 
 
 def box_to_center_scale(boxes_xywh):
@@ -25,7 +28,7 @@ def box_to_center_scale(boxes_xywh):
     b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
     x, y, w, h = b.T
     wide, tall = w > ASPECT * h, w < ASPECT * h
-    with np.errstate(over="ignore"):  # out-of-range boxes become inf; predict() rejects them
+    with np.errstate(over="ignore"):  # unvalidated huge boxes become inf; parse_boxes() refuses them first
         center = np.stack([x + w * 0.5, y + h * 0.5], axis=1).astype(np.float32)
         h = np.where(wide, w * 1.0 / ASPECT, h)
         w = np.where(tall, h * ASPECT, w)
@@ -134,28 +137,78 @@ def parse_boxes(boxes, box_format="xywh"):
     """Validate boxes (N, 4) or (N, 5) (the 5th column, a detector score, is ignored) -> xywh float64 (N, 4).
 
     box_format "xywh" (COCO: x, y, width, height) or "xyxy" (corners; width = x2 - x1, no +1).
+    Values must be real numbers (not bool or str); every coordinate must lie within MAX_PIXELS of
+    the origin and the padded crop (spec 4.1) must measure MIN_ROI to MAX_PIXELS px on each side.
     """
     if box_format not in ("xywh", "xyxy"):
         raise NpvitposeError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
-    try:
-        arr = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NpvitposeError("boxes must be a list or array of numbers, shape (N, 4) or (N, 5)") from None
-    if arr.size == 0:
-        return np.zeros((0, 4))
+    arr = _real_array(boxes)
+    if arr.shape == (0,):  # a bare [] is an empty box list
+        arr = arr.reshape(0, 4)
     if arr.ndim != 2 or arr.shape[1] not in (4, 5):
         raise NpvitposeError(f"boxes must have shape (N, 4) or (N, 5), got {arr.shape}")
-    arr = arr[:, :4].copy()
-    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    raw = arr[:, :4]
+    bad = np.flatnonzero(~np.isfinite(raw).all(axis=1))
     if bad.size:
-        raise NpvitposeError(f"box {bad[0]} has a non-finite value: {arr[bad[0]].tolist()}")
+        raise NpvitposeError(f"box {bad[0]} has a non-finite value: {raw[bad[0]].tolist()}")
+    bad = np.flatnonzero((np.abs(raw) > MAX_PIXELS).any(axis=1))  # before any arithmetic, which could overflow
+    if bad.size:
+        raise _out_of_range(bad[0], raw)
+    arr = raw.copy()
     if box_format == "xyxy":
         arr[:, 2:] -= arr[:, :2]
     bad = np.flatnonzero((arr[:, 2] <= 0) | (arr[:, 3] <= 0))
     if bad.size:
         w, h = arr[bad[0], 2:]
         raise NpvitposeError(f"box {bad[0]} has zero or negative size (width {w:g}, height {h:g})")
+    roi = padded_size(arr)
+    bad = np.flatnonzero(((roi < MIN_ROI) | (roi > MAX_PIXELS)).any(axis=1))
+    if bad.size:
+        raise _out_of_range(bad[0], raw)
     return arr
+
+
+def padded_size(boxes_xywh):
+    """(N, 2) float64 width and height of the crop ROI: the box grown to 3:4, times 1.25 (spec 4.1)."""
+    w, h = boxes_xywh[:, 2], boxes_xywh[:, 3]
+    return np.stack([np.maximum(w, h * ASPECT), np.maximum(h, w / ASPECT)], axis=1) * PADDING
+
+
+def _out_of_range(index, raw):
+    limit = int(MAX_PIXELS)
+    return NpvitposeError(
+        f"box {index} is too large or too small to crop: {raw[index].tolist()} (coordinates must be within "
+        f"{limit} px of the origin, the padded crop {MIN_ROI:g} to {limit} px per side)"
+    )
+
+
+def _real_array(boxes):
+    """`boxes` as a float64 array; bools, strings, complex numbers and other objects are refused, as in the CLI."""
+    if isinstance(boxes, np.ndarray) and boxes.dtype.kind in "iuf":
+        with np.errstate(over="ignore"):  # a long double beyond float64 becomes inf, refused as non-finite
+            return boxes.astype(np.float64)
+    try:
+        items = np.asarray(boxes, dtype=object)
+    except (TypeError, ValueError):
+        raise NpvitposeError("boxes must be a list or array of numbers, shape (N, 4) or (N, 5)") from None
+    for value in items.flat:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            nested = isinstance(value, (list, tuple, np.ndarray))
+            what = "rows are ragged or nested" if nested else f"{_short(value)} is not a real number"
+            raise NpvitposeError(f"boxes must be a list or array of numbers, shape (N, 4) or (N, 5); {what}")
+    return np.array([_float(v) for v in items.flat], dtype=np.float64).reshape(items.shape)
+
+
+def _float(value):
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits, refused later as non-finite like in the CLI
+        return float("inf")
+
+
+def _short(value, limit=40):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, decode="default",
@@ -176,9 +229,6 @@ def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, deco
         raise NpvitposeError(f"unknown warp mode {mode!r} in the model metadata; expected 'udp' or 'classic'")
     rgb = read_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb(image, color)
     centers, scales = box_to_center_scale(parse_boxes(boxes, box_format))
-    bad = np.flatnonzero(~(np.isfinite(centers).all(1) & np.isfinite(scales).all(1) & (scales > 0).all(1)))
-    if bad.size:  # beyond float32 range, or so small that the scale underflows to 0
-        raise NpvitposeError(f"box {bad[0]} is too large or too small to crop")
     k = int(model.num_keypoints)
     if len(centers) == 0:
         empty = (np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.float32))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from npvitpose import boxes as B
+from npvitpose import pipeline
 from npvitpose.errors import NpvitposeError
 
 
@@ -54,6 +55,29 @@ def test_empty_list_is_valid(tmp_path):
 def test_boxes_outside_any_image_are_kept(tmp_path):
     boxes, _ = B.load_boxes(_write(tmp_path, [[-5000, -5000, 10, 10], [1e6, 1e6, 50, 50]]))
     assert boxes.shape == (2, 4)
+    assert np.array_equal(pipeline.parse_boxes(boxes), boxes)  # and predict() crops them (black padding)
+
+
+@pytest.mark.parametrize("value, cli_message, api_message", [
+    (True, "True is not a number", "True is not a real number"),
+    ("100", "'100' is not a number", "'100' is not a real number"),
+    (None, "None is not a number", "None is not a real number"),
+])
+def test_file_and_api_refuse_the_same_non_numbers(tmp_path, value, cli_message, api_message):
+    box = [0, 0, value, 10]
+    with pytest.raises(NpvitposeError, match=cli_message):
+        B.load_boxes(_write(tmp_path, [box]))
+    with pytest.raises(NpvitposeError, match=api_message):
+        pipeline.parse_boxes([box])
+
+
+def test_valid_file_boxes_beyond_the_crop_range_are_refused_by_the_pipeline(tmp_path):
+    boxes, _ = B.load_boxes(_write(tmp_path, [[0, 0, 10, 10], [0, 0, 3e38, 100], [2e38, 0, 100, 100]]))
+    assert boxes.shape == (3, 4)  # finite and of positive size: the file itself is fine
+    with pytest.raises(NpvitposeError, match="box 1 is too large or too small to crop"):
+        pipeline.parse_boxes(boxes)
+    with pytest.raises(NpvitposeError, match="box 0 is too large or too small to crop"):
+        pipeline.parse_boxes(boxes[2:])
 
 
 COCO = [

@@ -1,6 +1,7 @@
 """npvitpose.pipeline and npvitpose.images: spec 4.1-4.4 worked examples, OpenCV references, and predict()
 with fake models checked against an independent NumPy computation (tests/twins_pipeline.py)."""
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,7 @@ import twins_pipeline as twins
 from npvitpose import pipeline
 from npvitpose.errors import NpvitposeError
 from npvitpose.images import as_rgb, read_image
+from npvitpose.kernels.warp import pull_tables
 from npvitpose.pipeline import (
     box_to_center_scale,
     classic_matrix,
@@ -264,7 +266,7 @@ def test_box_formats_colors_and_image_kinds(photo, tmp_path):
 
 def test_empty_boxes_give_empty_outputs(photo):
     model = MixModel("udp")
-    for empty in ([], np.zeros((0, 4)), np.zeros((0, 5))):
+    for empty in ([], np.zeros((0,)), np.zeros((0, 4)), np.zeros((0, 5)), np.zeros((0, 4), np.int32)):
         kpts, scores, heatmaps = predict(model, photo, empty, return_heatmaps=True)
         assert kpts.shape == (0, 17, 2) and scores.shape == (0, 17) and heatmaps.shape == (0, 17, 64, 48)
         assert kpts.dtype == np.float32 and scores.dtype == np.float32
@@ -281,16 +283,121 @@ def test_empty_boxes_give_empty_outputs(photo):
         ([[10, 10, 5, 20]], "xyxy", "box 0 has zero or negative size"),
         ([[0, 0, 10, 10], [1e39, 0, 10, 10]], "xywh", "box 1 is too large or too small"),
         ([[0, 0, 1e-46, 1e-46]], "xywh", "box 0 is too large or too small"),
+        ([[0, 0, 3e38, 100]], "xywh", r"box 0 is too large or too small to crop: \[0.0, 0.0, 3e\+38, 100.0\]"),
+        ([[2e38, 0, 100, 100]], "xywh", "box 0 is too large or too small to crop"),
+        ([[0, 0, 100, 3e38]], "xywh", "box 0 is too large or too small to crop"),
+        ([[0, 0, 10, 10], [0, 0, 1e300, 1e300]], "xywh", "box 1 is too large or too small to crop"),
+        ([[-1e308, 0, 1e308, 10]], "xyxy", "box 0 is too large or too small to crop"),  # x2 - x1 would overflow
+        ([[-1e6, -1e6, 1e6, 1e6]], "xyxy", "box 0 is too large or too small to crop"),  # corners fine, crop not
+        ([[2.0**20 + 1, 0, 50, 50]], "xywh", "box 0 is too large or too small to crop"),  # sane size, too far
+        ([[0, 0, 2.0**20 * 0.8, 1]], "xywh", "box 0 is too large or too small to crop"),  # 3:4 fix: crop height > 2^20
+        ([[0, 0, 1e-38, 1e-38]], "xywh", "box 0 is too large or too small to crop"),  # 192 / crop width overflows
+        ([[5, 5, 0.5, 0.5]], "xywh", "box 0 is too large or too small to crop"),  # padded crop under 1 px
         ([[0, 0, 10]], "xywh", r"shape \(N, 4\) or \(N, 5\)"),
-        ([[0, 0, 10, 10], [1, 2]], "xywh", "list or array of numbers"),
-        ([["a", 0, 1, 1]], "xywh", "list or array of numbers"),
+        (np.zeros((5, 0)), "xywh", r"shape \(N, 4\) or \(N, 5\), got \(5, 0\)"),
+        ([[]], "xywh", r"shape \(N, 4\) or \(N, 5\), got \(1, 0\)"),
+        ([[0, 0, 10, 10], [1, 2]], "xywh", "list or array of numbers.*ragged or nested"),
+        ([["a", 0, 1, 1]], "xywh", "list or array of numbers.*'a' is not a real number"),
+        ([["100", "0", "10", "10"]], "xywh", "'100' is not a real number"),
+        (np.array([["100", "0", "10", "10"]]), "xywh", "'100' is not a real number"),
+        ([[True, True, True, True]], "xywh", "True is not a real number"),
+        (np.ones((1, 4), dtype=bool), "xywh", "True is not a real number"),
+        ([[0, 0, 10, 10], [0, 0, True, 10]], "xywh", "True is not a real number"),  # no silent promotion to 1
+        ([[0, 0, 10, 10j]], "xywh", r"10j is not a real number"),
+        (np.full((1, 4), 10 + 0j), "xywh", r"\(10\+0j\) is not a real number"),
+        ([[0, None, 10, 10]], "xywh", "None is not a real number"),
+        ([[10**400, 0, 10, 10]], "xywh", "box 0 has a non-finite value"),  # as the CLI: a huge integer is inf
         ([[0, 0, 10, 10]], "cxcywh", "box_format"),
     ],
 )
 def test_bad_boxes_raise_one_line_errors(photo, boxes, fmt, message):
-    with pytest.raises(NpvitposeError, match=message) as err:
-        predict(MixModel("udp"), photo, boxes, box_format=fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before any arithmetic: no overflow RuntimeWarning either
+        with pytest.raises(NpvitposeError, match=message) as err:
+            predict(MixModel("udp"), photo, boxes, box_format=fmt)
     assert "\n" not in str(err.value)
+
+
+def test_huge_box_is_refused_by_a_classic_model_instead_of_giving_nan(photo):
+    model = MixModel("classic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NpvitposeError, match="box 0 is too large or too small to crop"):
+            predict(model, photo, [[0, 0, 100, 3e38]])
+    assert model.batches == []  # refused before any crop was made
+
+
+L = pipeline.MAX_PIXELS
+EXTREME_BOXES = [  # the accepted limits: corners at +-2^20, crop sides of 2^20 and of 1 px, extreme aspects
+    [-L, -L, 0.75 * L / 1.25, L / 1.25],
+    [L - 0.75 * L / 1.25, L - L / 1.25, 0.75 * L / 1.25, L / 1.25],
+    [L, -L, 0.8, 1.0 / 0.9375],
+    [-L, L, 0.8, 1e-3],
+    [L, L, 0.75 * L / 1.25, 1e-3],
+    [-L, 0.5, 1.0, L / 1.25],
+    [1e6, -1e6, 50.0, 80.0],
+    [-5000.0, 7000.0, 100.0, 200.0],
+]
+
+
+def test_extreme_accepted_boxes_keep_the_warp_in_fixed_point_range():
+    xywh = parse_boxes(EXTREME_BOXES)
+    centers, scales = box_to_center_scale(xywh)
+    roi = scales.astype(np.float64) * 200
+    assert 1 - 1e-6 <= roi.min() < 1.001 and L * 0.999 < roi.max() <= L * (1 + 1e-6)  # both limits are reached
+    for mode in ("udp", "classic"):
+        tables = pull_tables(pipeline.crop_matrices(centers, scales, mode), (192, 256))
+        assert max(np.abs(t).max() for t in tables) < 2**31 - 1  # no int32 saturation: crops sample the true ROI
+
+
+class EdgeModel:
+    """Heatmaps that exercise every decode path: random, all-negative (argmax -1), flat zero and one huge spike."""
+
+    def __init__(self, mode, kind):
+        self.meta = {"mode": mode, "flip_pairs": [[1, 2]]}
+        self.num_keypoints = 3
+        self.kind = kind
+        self.rng = np.random.default_rng(5)
+
+    def forward(self, pixels):
+        shape = (len(pixels), 3, 64, 48)
+        if self.kind == "random":
+            return self.rng.normal(size=shape).astype(np.float32)
+        if self.kind == "negative":
+            return np.full(shape, -1.0, np.float32)
+        if self.kind == "zero":
+            return np.zeros(shape, np.float32)
+        out = np.zeros(shape, np.float32)
+        out[:, :, 63, 0] = 1e30
+        return out
+
+
+@pytest.mark.parametrize("mode", ["udp", "classic"])
+@pytest.mark.parametrize("flip", [True, False])
+def test_keypoints_are_finite_for_every_accepted_box(photo, mode, flip):
+    boxes = EXTREME_BOXES + [[5.0, 5.0, 0.8, 0.8 / 0.75]]
+    xywh = parse_boxes(boxes)
+    centers, scales = box_to_center_scale(xywh)
+    roi = scales.astype(np.float64)[:, None, :] * 200
+    cell = roi / (np.array([47, 63]) if mode == "udp" else np.array([48, 64]))
+    low, high = centers[:, None, :] - roi / 2 - cell, centers[:, None, :] + roi / 2 + cell
+    models = [MixModel(mode)] + [EdgeModel(mode, kind) for kind in ("random", "negative", "zero", "spike")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in models:
+            for rule in pipeline.RULES:
+                kpts, scores = predict(model, photo, boxes, flip=flip, decode=rule)
+                assert kpts.shape == (len(boxes), model.num_keypoints, 2)
+                assert np.isfinite(kpts).all() and np.isfinite(scores).all(), (type(model).__name__, rule)
+                if rule == "argmax":  # an integer heatmap cell, or -1: inside the ROI give or take one cell
+                    assert ((kpts >= low - 1) & (kpts <= high + 1)).all()
+
+
+def test_numeric_object_arrays_and_numpy_scalars_are_accepted():
+    want = parse_boxes([[1.0, 2.0, 30.0, 40.0]])
+    assert np.array_equal(parse_boxes(np.array([[1, 2, 30, 40]], dtype=object)), want)
+    assert np.array_equal(parse_boxes([[np.float32(1), np.int8(2), 30, 40.0]]), want)
+    assert np.array_equal(parse_boxes(np.array([[1, 2, 30, 40, 0.5]], np.float16)), want)
 
 
 def test_bad_arguments_raise(photo):
