@@ -126,9 +126,12 @@ def resolve_model(spec, cache=None):
 
     if os.path.exists(spec):
         return spec
-    if not fetch.is_model_name(spec):
-        raise NpvitposeError(f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)")
-    canonical = fetch.canonical_name(spec)
+    try:
+        canonical = fetch.canonical_name(spec)
+    except NpvitposeError:
+        raise NpvitposeError(
+            f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)"
+        ) from None
     path = fetch.model_path(canonical, cache)
     if not os.path.exists(path):
         fetch.endpoint_url()  # a malformed HF_ENDPOINT is reported before the download is announced
@@ -153,12 +156,9 @@ def _set_threads(n):
 
 def roi_areas(boxes):
     """spec 5.5: area = S_w * S_h of the aspect-fixed, 1.25-padded box, as used by OKS-NMS."""
-    w = boxes[:, 2].astype(np.float64)
-    h = boxes[:, 3].astype(np.float64)
-    r = 192.0 / 256.0  # spec 4.1
-    w2 = np.where(w > r * h, w, h * r)
-    h2 = np.where(w > r * h, w / r, h)
-    return (w2 * 1.25) * (h2 * 1.25)
+    from .pipeline import padded_size
+
+    return padded_size(np.asarray(boxes, dtype=np.float64)).prod(axis=1)
 
 
 class Detections:
