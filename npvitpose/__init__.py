@@ -10,7 +10,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
 
 from .errors import NpvitposeError  # noqa: E402
-from .model import VARIANTS, Config, Model, load  # noqa: E402
+from .model import VARIANTS, Config, Model  # noqa: E402
+
+
+def load(path, mmap=False):
+    """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
+
+    A published model name (`npvitpose fetch --list`, e.g. "vitpose-b") loads from the cache, where it
+    is downloaded and converted on first use. mmap=True maps the weights read-only instead of reading
+    them: processes loading the same file share its pages, at the price of slower small batches.
+    """
+    from . import fetch, model
+
+    return model.load(fetch.resolve(path), mmap=mmap)
+
 
 __all__ = ["Config", "Model", "NpvitposeError", "VARIANTS", "load"]
 __version__ = "0.1.0"

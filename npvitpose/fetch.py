@@ -10,14 +10,13 @@ import hashlib
 import http.client
 import os
 import re
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import NamedTuple
 
 from .errors import NpvitposeError
+from .messages import Progress
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _CHUNK = 1 << 20
@@ -124,53 +123,6 @@ def endpoint_url(endpoint=None):
 
 def file_url(endpoint, repo, file_name):
     return f"{endpoint}/{repo}/resolve/main/{urllib.parse.quote(file_name)}"
-
-
-class Progress:
-    """A one-line progress bar on stderr; silent unless enabled (default: only when stderr is a terminal)."""
-
-    def __init__(self, total, label, enabled=None, unit=""):
-        self.total, self.label, self.unit, self.done = total, label, unit, 0
-        self.enabled = _isatty(sys.stderr) if enabled is None else bool(enabled)
-        self._last, self._shown = 0.0, None
-
-    def update(self, step=1):
-        self.done += step
-        now = time.monotonic()
-        if self.enabled and (now - self._last > 0.1 or (self.total and self.done >= self.total)):
-            self._last = now
-            self._draw()
-
-    def _draw(self):
-        line = self._line()
-        if line != self._shown:
-            self._shown = line
-            sys.stderr.write("\r" + line)
-            sys.stderr.flush()
-
-    def _line(self):
-        if self.unit == "MB":
-            done, total = f"{self.done / 1e6:.1f}", (f"{self.total / 1e6:.1f}" if self.total else "?")
-        else:
-            done, total = str(self.done), (str(self.total) if self.total else "?")
-        if not self.total:
-            return f"{self.label} {done} {self.unit}".rstrip()
-        frac = min(self.done / self.total, 1.0)
-        bar = "#" * int(frac * 30)
-        return f"{self.label} [{bar:<30}] {done}/{total} {self.unit} {frac:4.0%}".rstrip()
-
-    def close(self):
-        if self.enabled:
-            self._draw()
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _isatty(stream):
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 class _RecordRedirects(urllib.request.HTTPRedirectHandler):
@@ -325,3 +277,25 @@ def fetch(name, cache_dir=None, endpoint=None, progress=None, dataset=None):
     convert(src, out, dataset)
     return out
 
+
+
+def resolve(spec, cache=None, note=None):
+    """A model given by the user -> the path of its .npz: an existing file as it is, else a published
+    name, downloaded and converted into the cache on first use (announced through `note(text)`)."""
+    spec = os.fspath(spec)
+    if os.path.exists(spec):
+        return spec
+    try:
+        canonical = canonical_name(spec)
+    except NpvitposeError:
+        raise NpvitposeError(
+            f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)"
+        ) from None
+    path = model_path(canonical, cache)
+    if not os.path.exists(path):
+        endpoint_url()  # a malformed HF_ENDPOINT is reported before the download is announced
+        if note is not None:
+            note(f"model {spec!r} is not in the cache {os.path.dirname(path)!r}; "
+                 f"downloading it once from {SOURCES[canonical].repo}")
+        path = fetch(canonical, cache_dir=cache)
+    return path

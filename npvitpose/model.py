@@ -231,18 +231,10 @@ def from_weights(weights, meta):
 def load(path, mmap=False):
     """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
 
-    A published model name (`npvitpose fetch --list`, e.g. "vitpose-b") loads from the cache, where it
-    is downloaded and converted on first use.
-
     mmap=True maps the weights read-only instead of reading them: processes loading the same file
     share its pages, at the price of slower small batches (4 KiB pages, see npvitpose/npz.py).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        from . import fetch
-
-        if fetch.is_model_name(path):
-            path = fetch.fetch(path)
     if os.path.isdir(path) or path.endswith((".pth", ".safetensors")):
         raise NpvitposeError(
             f"{path}: a checkpoint, not a converted model; run `npvitpose convert {path} -o MODEL.npz`")

@@ -56,3 +56,49 @@ def atomic_output(path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def identity(path):
+    """(real path, (device, inode) or None): equal for two names of one file, links included."""
+    try:
+        st = os.stat(path)
+        return os.path.realpath(path), (st.st_dev, st.st_ino)
+    except OSError:
+        return os.path.realpath(path), None
+
+
+def same_file(a, b):
+    (na, ia), (nb, ib) = identity(a), identity(b)
+    return na == nb or (ia is not None and ia == ib)
+
+
+class Protected:
+    """Files an output must never replace: every input, the detections, the image list, the model."""
+
+    def __init__(self, paths):
+        ids = [identity(p) for p in paths if p is not None]
+        self.names = {name for name, _ in ids}
+        self.inodes = {inode for _, inode in ids if inode is not None}
+
+    def check(self, target, flag):
+        name, inode = identity(target)
+        if name in self.names or (inode is not None and inode in self.inodes):
+            raise NpvitposeError(f"{flag} {target!r} is one of the input files; refusing to overwrite it")
+
+
+def write_text_atomic(path, text):
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_image_atomic(path, image_rgb):
+    import cv2
+    import numpy as np
+
+    with atomic_output(path) as tmp:
+        try:
+            ok = cv2.imwrite(tmp, np.ascontiguousarray(image_rgb[:, :, ::-1]))  # OpenCV encodes BGR
+        except cv2.error as e:
+            raise NpvitposeError(f"cannot write image {path!r}: {str(e).strip().splitlines()[-1]}") from None
+        if not ok:
+            raise NpvitposeError(f"cannot write image {path!r} (unsupported extension?)")

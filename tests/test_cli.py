@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from npvitpose.cli import main, roi_areas
+from npvitpose.cli import main
+from npvitpose.run import roi_areas
 from npvitpose.datasets import DATASETS
 from npvitpose.model import Config, random_weights, save_npz
 
