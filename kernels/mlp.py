@@ -1,4 +1,4 @@
-"""Element-wise pieces around the big matrix products: bias + exact GELU, bias + residual."""
+"""The MLP's element-wise piece: bias + exact GELU, the fc1 epilogue (spec 1.3)."""
 
 import math
 
@@ -53,26 +53,8 @@ def _bias_gelu(h, bias):
             h[r, j] = g if v != -np.inf else 0.0  # GELU(-inf) = 0, not -inf * 0; NaN still gives NaN
 
 
-@pjit
-def _bias_residual(x, y, bias):
-    rows, c = x.shape
-    for r in prange(rows):
-        for j in range(c):
-            x[r, j] += y[r, j] + bias[j]
-
-
 def bias_gelu(h, bias):
     """In place: h = GELU(h + bias), the fc1 epilogue; h (M, H) float32."""
     _check(h, 2)
     _bias_gelu(h, _vec(bias, h.shape[1]))
     return h
-
-
-def bias_residual(x, y, bias):
-    """In place: x += y + bias, the epilogue of attn.proj and fc2; x, y (M, C) float32."""
-    _check(x, 2)
-    _check(y, 2)
-    if x.shape != y.shape:
-        raise ValueError(f"shape mismatch {x.shape} vs {y.shape}")
-    _bias_residual(x, y, _vec(bias, x.shape[1]))
-    return x

@@ -9,10 +9,10 @@ import numpy as np
 
 from . import threads
 from .errors import NpvitposeError
+from .kernels import gemm
 from .kernels.attention import attention
 from .kernels.head import conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4, upsample4_conv3x3
 from .kernels.layernorm import layernorm
-from .kernels.mlp import bias_gelu, bias_residual
 from .kernels.patch_embed import grid, im2col
 from .npz import read_npz
 from .outputs import atomic_output
@@ -105,6 +105,10 @@ class Model:
     def _prepare(self):
         """Lay out, once, what the forward needs in GEMM-ready form; the names stay the checkpoint's."""
         w, cfg = self.weights, self.config
+        self._gemm = gemm  # the precision module every linear layer goes through (pack_weight / linear)
+        self._linear = {key: self._gemm.pack_weight(w[key]) for key in w
+                        if key.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))
+                        and key.startswith("backbone.blocks.")}
         pos = w["backbone.pos_embed"][0]
         self._pos = np.ascontiguousarray(pos[1:] + pos[0])  # spec 1.2: slot 0 is added to every token
         self._patch_w = np.ascontiguousarray(w["backbone.patch_embed.proj.weight"].reshape(cfg.dim, -1).T)
@@ -135,18 +139,19 @@ class Model:
         x += w["backbone.patch_embed.proj.bias"]
         x.reshape(b, n, cfg.dim)[:] += self._pos
         _tap(taps, "embeddings", x, b)
-        h, a, t = (np.empty_like(x) for _ in range(3))  # (B*N, C) buffers reused by every block
+        h, a = np.empty_like(x), np.empty_like(x)  # (B*N, C) buffers reused by every block
         qkv = np.empty((b * n, 3 * cfg.dim), np.float32)
         hidden = np.empty((b * n, cfg.mlp_hidden), np.float32)
+        linear, packed = self._gemm.linear, self._linear
         for i in range(cfg.depth):
             p = f"backbone.blocks.{i}."
             layernorm(x, w[p + "norm1.weight"], w[p + "norm1.bias"], cfg.ln_eps, out=h)
-            np.matmul(h, w[p + "attn.qkv.weight"].T, out=qkv)  # (B*N, 3C)
+            linear(h, packed[p + "attn.qkv.weight"], out=qkv)  # (B*N, 3C); its bias is added inside attention
             attention(qkv, n, cfg.heads, bias=w[p + "attn.qkv.bias"], out=a)  # (B*N, C)
-            bias_residual(x, np.matmul(a, w[p + "attn.proj.weight"].T, out=t), w[p + "attn.proj.bias"])
+            linear(a, packed[p + "attn.proj.weight"], w[p + "attn.proj.bias"], residual=x, out=x)
             layernorm(x, w[p + "norm2.weight"], w[p + "norm2.bias"], cfg.ln_eps, out=h)
-            bias_gelu(np.matmul(h, w[p + "mlp.fc1.weight"].T, out=hidden), w[p + "mlp.fc1.bias"])  # (B*N, 4C)
-            bias_residual(x, np.matmul(hidden, w[p + "mlp.fc2.weight"].T, out=t), w[p + "mlp.fc2.bias"])
+            linear(h, packed[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"], gelu=True, out=hidden)  # (B*N, 4C)
+            linear(hidden, packed[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"], residual=x, out=x)
             _tap(taps, f"blocks.{i}", x, b)
         x = layernorm(x, w["backbone.last_norm.weight"], w["backbone.last_norm.bias"], cfg.ln_eps)
         _tap(taps, "last_norm", x, b)

@@ -53,12 +53,6 @@ def test_bias_gelu(rows, c):
     assert np.abs(got - want).max() < 2e-6 * max(1.0, np.abs(want).max())
 
 
-def test_bias_residual():
-    x, y, bias = f32(5, 9), f32(5, 9), f32(9)
-    want = x.astype(np.float64) + y + bias
-    assert np.abs(mlp.bias_residual(x.copy(), y, bias) - want).max() < 1e-6
-
-
 @pytest.mark.parametrize("b,h,w,c", [(1, 35, 21, 4), (2, 256, 192, 768)])
 def test_patch_embedding(b, h, w, c):
     pixels = f32(b, 3, h, w)

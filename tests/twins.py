@@ -82,3 +82,15 @@ def conv2d(x, weight, bias):
         for dx in range(kw):
             out += np.einsum("bchw,kc->bkhw", p[:, :, dy:dy + h, dx:dx + w], weight[:, :, dy, dx])
     return out + bias[None, :, None, None]
+
+
+def linear(x, w, bias=None, gelu=False, residual=None):
+    """nn.Linear (x @ w.T + bias) in float64, then exact GELU or + residual."""
+    y = x.astype(np.float64) @ w.astype(np.float64).T
+    if bias is not None:
+        y += bias
+    if gelu:
+        y = 0.5 * y * (1.0 + erf(y / np.sqrt(2.0)))
+    if residual is not None:
+        y += residual
+    return y
