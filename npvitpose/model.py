@@ -100,15 +100,14 @@ class Model:
         _validate(weights, self.config)
         self.weights = weights
         self._lock = threading.Lock()  # one forward at a time: each already uses every core
+        self._gemm = gemm  # the precision module every linear layer goes through (pack_weight / linear)
         self._prepare()
 
     def _prepare(self):
         """Lay out, once, what the forward needs in GEMM-ready form; the names stay the checkpoint's."""
         w, cfg = self.weights, self.config
-        self._gemm = gemm  # the precision module every linear layer goes through (pack_weight / linear)
-        self._linear = {key: self._gemm.pack_weight(w[key]) for key in w
-                        if key.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))
-                        and key.startswith("backbone.blocks.")}
+        self._linear = {key: self._pack(key) for key in w if key.startswith("backbone.blocks.")
+                        and key.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))}
         pos = w["backbone.pos_embed"][0]
         self._pos = np.ascontiguousarray(pos[1:] + pos[0])  # spec 1.2: slot 0 is added to every token
         self._patch_w = np.ascontiguousarray(w["backbone.patch_embed.proj.weight"].reshape(cfg.dim, -1).T)
@@ -122,6 +121,10 @@ class Model:
             self._final_w = np.ascontiguousarray(w["keypoint_head.final_layer.weight"][:, :, 0, 0].T)
         else:
             self._final_w = conv3x3_weight(w["keypoint_head.final_layer.weight"])
+
+    def _pack(self, key):
+        """The packed form of the linear weight under checkpoint name `key`, for self._gemm.linear."""
+        return self._gemm.pack_weight(self.weights[key])
 
     def forward(self, pixels, taps=None):
         """pixels (B, 3, 256, 192) float32, normalised RGB -> heatmaps (B, K, 64, 48) float32."""
