@@ -76,8 +76,11 @@ def cmd_infer(args, parser):
             if args.output is not None and same_file(target, args.output):
                 raise NpvitposeError(f"--vis {target!r} and -o are the same file")
 
-    runner = run.Runner(load(model_path), _options(args))
-    results, failed = run.run(runner, detections, inputs, targets)
+    if args.dask is not None:
+        results, failed = _infer_dask(args, inputs, detections, targets)
+    else:
+        runner = run.Runner(load(model_path), _options(args))
+        results, failed = run.run(runner, detections, inputs, targets)
 
     if failed < len(inputs):
         text = json.dumps(results, separators=(",", ":")) + "\n"
@@ -90,6 +93,22 @@ def cmd_infer(args, parser):
             error(f"{failed} of {len(inputs)} inputs failed")
         return 1
     return 0
+
+
+def _infer_dask(args, inputs, detections, targets):
+    """The same job over a Dask cluster (--dask ADDRESS or local:N); dask is imported only here."""
+    try:
+        from . import distributed
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in ("dask", "distributed"):
+            raise
+        raise NpvitposeError(f"--dask needs the package {e.name.split('.')[0]!r}: pip install 'npvitpose[dask]'") from None
+    if args.threads is not None and distributed.local_spec(args.dask) is None:
+        warn(f"--threads {args.threads} applies to local:N clusters; the workers at {args.dask} keep their own")
+    with distributed.connect(args.dask, threads=args.threads, timeout=args.dask_timeout) as client:
+        return distributed.run(client, inputs, detections, args.model, _options(args), targets,
+                               lambda path, message: error(message), progress=True, timeout=args.dask_timeout,
+                               cache=args.cache)
 
 
 # ---------------------------------------------------------------------------------------------- others
@@ -147,6 +166,13 @@ def _nonneg_float(text):
     return value
 
 
+def _positive_float(text):
+    value = _nonneg_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
 def _int_at_least(minimum, maximum=None):
     """An argparse type: an integer >= minimum (and <= maximum if given)."""
     def parse(text):
@@ -200,6 +226,10 @@ def build_parser():
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="threads for the kernels and BLAS together (default: all cores, or NPVITPOSE_THREADS)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", help="people per pipeline call (bounds memory)")
+    p.add_argument("--dask", metavar="ADDRESS|local:N",
+                   help="run over a Dask cluster: a scheduler address, or local:N to start N worker processes here")
+    p.add_argument("--dask-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="seconds to reach the scheduler, and that a cluster may stay without workers (default 10)")
     p.set_defaults(run=cmd_infer)
 
     p = sub.add_parser("fetch", help="download and convert a published checkpoint into the cache")

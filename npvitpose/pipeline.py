@@ -211,6 +211,16 @@ def _short(value, limit=40):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _warp_mode(model, decode):
+    """The model's warp mode, once the decode rule and the mode are both known ones."""
+    if decode not in RULES:
+        raise NpvitposeError(f"unknown decode rule {decode!r}; choose one of {', '.join(RULES)}")
+    mode = model.meta.get("mode")
+    if mode not in MODES:
+        raise NpvitposeError(f"unknown warp mode {mode!r} in the model metadata; expected 'udp' or 'classic'")
+    return mode
+
+
 def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, decode="default",
             return_heatmaps=False):
     """Top-down pose estimation of the people in `boxes` (spec 0).
@@ -222,11 +232,7 @@ def predict(model, image, boxes, box_format="xywh", color="rgb", flip=True, deco
     Returns keypoints (N, K, 2) float32 (x, y), scores (N, K) float32 (maxval of the flip-averaged
     heatmap, spec 5.2) and, with return_heatmaps, the averaged heatmaps (N, K, 64, 48) float32.
     """
-    if decode not in RULES:
-        raise NpvitposeError(f"unknown decode rule {decode!r}; choose one of {', '.join(RULES)}")
-    mode = model.meta.get("mode")
-    if mode not in MODES:
-        raise NpvitposeError(f"unknown warp mode {mode!r} in the model metadata; expected 'udp' or 'classic'")
+    mode = _warp_mode(model, decode)
     rgb = read_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb(image, color)
     centers, scales = box_to_center_scale(parse_boxes(boxes, box_format))
     k = int(model.num_keypoints)
@@ -243,7 +249,7 @@ def model_heatmaps(model, image_rgb, centers, scales, mode, flip=True):
 
     Runs `model.forward` on CHUNK crops (plus their mirror images) at a time to bound memory.
     """
-    k, n = int(model.num_keypoints), len(centers)
+    n = len(centers)
     shift = mode == "classic"  # spec 5.1 step 4 / trap 10: only classic configs shift the flipped map
     pairs = model.meta.get("flip_pairs") or []
     heatmaps, buffer = None, None
@@ -253,13 +259,82 @@ def model_heatmaps(model, image_rgb, centers, scales, mode, flip=True):
         if buffer is None or buffer.shape != shape:
             buffer = np.empty(shape, dtype=np.float32)
         sl = slice(start, start + m)
-        pixels = crop_batch(image_rgb, centers[sl], scales[sl], mode, flip=flip, out=buffer)
-        out = np.asarray(model.forward(pixels), dtype=np.float32)
-        if out.ndim != 4 or out.shape[:2] != (len(pixels), k):
-            raise NpvitposeError(f"model returned heatmaps of shape {out.shape}, expected ({len(pixels)}, {k}, H, W)")
+        out = _heatmaps_of(model, crop_batch(image_rgb, centers[sl], scales[sl], mode, flip=flip, out=buffer))
         if flip:
-            out = (out[:m] + flip_back(out[m:], pairs, shift)) * np.float32(0.5)  # spec 5.1 step 5
+            out = _flip_average(out, pairs, shift)
         if heatmaps is None:
             heatmaps = np.empty((n,) + out.shape[1:], dtype=np.float32)
         heatmaps[sl] = out
     return heatmaps
+
+
+def _heatmaps_of(model, pixels):
+    out = np.asarray(model.forward(pixels), dtype=np.float32)
+    k = int(model.num_keypoints)
+    if out.ndim != 4 or out.shape[:2] != (len(pixels), k):
+        raise NpvitposeError(f"model returned heatmaps of shape {out.shape}, expected ({len(pixels)}, {k}, H, W)")
+    return out
+
+
+def _flip_average(out, pairs, shift):
+    """(2m, K, H, W) heatmaps of m crops then their mirror images -> (m, K, H, W) (spec 5.1 step 5)."""
+    m = len(out) // 2
+    return (out[:m] + flip_back(out[m:], pairs, shift)) * np.float32(0.5)
+
+
+class _Pending:
+    """One image of `predict_stream` whose crops are not all through the model yet."""
+
+    def __init__(self, key, payload, centers, scales, k):
+        self.key, self.payload, self.centers, self.scales = key, payload, centers, scales
+        self.keypoints = np.zeros((len(centers), k, 2), np.float32)
+        self.scores = np.zeros((len(centers), k), np.float32)
+        self.left = len(centers)
+
+
+def predict_stream(model, items, flip=True, decode="default"):
+    """`predict` over a stream of images, their crops batched across images: every forward but the last
+    takes CHUNK people (plus their mirror images), however few each image holds.
+
+    items: iterable of (key, image, boxes, payload): image an RGB uint8 array, boxes (N, 4) xywh, payload
+    anything (handed back; None lets the image go as soon as it is cropped). Yields (key, payload,
+    keypoints (N, K, 2), scores (N, K)) in input order. Each result equals `predict` on its image alone:
+    the forward and the decoders treat every crop on its own (tests/test_distributed.py checks it).
+    """
+    mode = _warp_mode(model, decode)
+    k, copies = int(model.num_keypoints), 2 if flip else 1
+    shift, pairs = mode == "classic", model.meta.get("flip_pairs") or []  # spec 5.1 step 4 / trap 10
+    buffer = np.empty((CHUNK * copies, 3, CROP_H, CROP_W), dtype=np.float32)
+    waiting, pieces = [], []  # images not complete, in input order; (image, start, stop) cropped into the buffer
+
+    def run():
+        out, at = _heatmaps_of(model, buffer[:sum(b - a for _, a, b in pieces) * copies]), 0
+        for p, a, b in pieces:
+            heatmaps, at = out[at:at + (b - a) * copies], at + (b - a) * copies
+            heatmaps = _flip_average(heatmaps, pairs, shift) if flip else heatmaps
+            p.keypoints[a:b], p.scores[a:b] = decode_heatmaps(heatmaps, p.centers[a:b], p.scales[a:b], mode, decode)
+            p.left -= b - a
+        pieces.clear()
+
+    for key, image, boxes, payload in items:
+        rgb = as_rgb(image)
+        p = _Pending(key, payload, *box_to_center_scale(parse_boxes(boxes)), k)
+        waiting.append(p)
+        start, n = 0, len(p.centers)
+        while start < n:
+            fill = sum(b - a for _, a, b in pieces)
+            stop = start + min(CHUNK - fill, n - start)
+            view = buffer[fill * copies:(fill + stop - start) * copies]  # this piece's crops, then their mirrors
+            crop_batch(rgb, p.centers[start:stop], p.scales[start:stop], mode, flip=flip, out=view)
+            pieces.append((p, start, stop))
+            start = stop
+            if fill + len(view) // copies == CHUNK:
+                run()
+        del rgb, image
+        while waiting and waiting[0].left == 0:
+            done = waiting.pop(0)
+            yield done.key, done.payload, done.keypoints, done.scores
+    if pieces:
+        run()
+    for done in waiting:
+        yield done.key, done.payload, done.keypoints, done.scores

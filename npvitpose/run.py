@@ -150,15 +150,20 @@ class Runner:
 
     def predict(self, image, boxes, box_scores):
         """-> (kept keypoints (N, K, 2), scores (N, K), instance scores (N,), boxes (N, 4))."""
-        from .decode import instance_scores, oks_nms
         from .pipeline import predict
 
         o = self.options
         kw = {"box_format": "xywh", "color": "rgb", "flip": o.flip, "decode": o.decode}
         step = o.batch_size or max(len(boxes), 1)  # --batch-size: at most this many people per call
         parts = [predict(self.model, image, boxes[i:i + step], **kw) for i in range(0, max(len(boxes), 1), step)]
-        keypoints = np.concatenate([p[0] for p in parts])
-        scores = np.concatenate([p[1] for p in parts])
+        return self.finish(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                           boxes, box_scores)
+
+    def finish(self, keypoints, scores, boxes, box_scores):
+        """Predicted keypoints -> the kept ones with their instance scores (COCO rescoring, --nms-thr)."""
+        from .decode import instance_scores, oks_nms
+
+        o = self.options
         inst = instance_scores(box_scores, scores, VIS_THR)
         if o.nms_thr is not None and len(boxes):
             keep = np.sort(oks_nms(keypoints, inst, roi_areas(boxes), self.sigmas, o.nms_thr))
