@@ -11,6 +11,7 @@ Returned dtypes: float16 and bfloat16 tensors are widened to float32 exactly; ev
 import collections
 import io
 import json
+import math
 import mmap
 import os
 import pickle
@@ -21,10 +22,12 @@ import zipfile
 import numpy as np
 
 from .errors import NpvitposeError
+from .npz import check_members, member_errors, read_member
 
-_MAX_PICKLE_BYTES = 256 << 20  # data.pkl of a ViT-H state dict is ~100 KB; a bigger one is not a state dict
+_MAX_PICKLE_BYTES = 4 << 20  # data.pkl of ViT-H+ with its optimizer state is ~300 KB; a bigger one is no state dict
 _MAX_HEADER_BYTES = 100 << 20  # safetensors JSON header cap, checked before reading it
 _MAX_ELEMENTS = 1 << 48  # bound on sizes, strides and offsets, so NumPy's int64 byte arithmetic cannot overflow
+_MAX_DIMS = 16  # a tensor of more dimensions is no weight (and each one costs a loop per tensor)
 _BF16 = "bf16"  # marker dtype: stored as uint16, widened by shifting into the high half of a uint32
 
 # torch storage class name -> stored element type (little-endian: the only byteorder accepted)
@@ -150,7 +153,7 @@ class _Call(_Inert):
 
 
 def _int_tuple(value, what: str) -> tuple:
-    if not isinstance(value, (tuple, list)) or not all(
+    if not isinstance(value, (tuple, list)) or len(value) > _MAX_DIMS or not all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _MAX_ELEMENTS for v in value
     ):
         raise NpvitposeError(f"tensor with a bad {what}")
@@ -240,6 +243,11 @@ class _PthArchive:
             raise NpvitposeError(
                 f"{self.name} is not a readable PyTorch zip checkpoint (truncated or corrupt)"
             ) from None
+        try:
+            check_members(self.zip.infolist(), self.size)
+        except NpvitposeError as e:
+            self.close()
+            raise NpvitposeError(f"{self.name}: {e}") from None
         self.members = {i.filename: i for i in self.zip.infolist()}
         pickles = [n for n in self.members if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
@@ -257,12 +265,11 @@ class _PthArchive:
         info = self.members.get(self.prefix + member)
         if info is None:
             return None
-        if info.file_size > limit:
-            raise NpvitposeError(f"{self.name}: {member} is implausibly large ({info.file_size} bytes)")
         try:
-            return self.zip.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
-            raise NpvitposeError(f"{self.name}: cannot read {member} ({_one_line(e)})") from None
+            with member_errors(member):
+                return read_member(self.map, info, self.size, limit)
+        except NpvitposeError as e:
+            raise NpvitposeError(f"{self.name}: cannot read {member} ({e})") from None
 
     def storage_bytes(self, key: str, nbytes: int) -> memoryview:
         """The raw bytes of storage `key`: a zero-copy window of the memory map, checked against the file."""
@@ -287,37 +294,27 @@ class _PthArchive:
         return memoryview(self.map)[start : start + nbytes]
 
 
-def _check_memo(data: bytes, name: str) -> None:
-    """Refuse memo indices beyond the pickle's size: CPython's unpickler grows its memo table to the
-    largest index it sees, so a 10-byte pickle could otherwise demand gigabytes."""
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and (
-                not isinstance(arg, int) or not 0 <= arg <= len(data)
-            ):
-                raise NpvitposeError(f"{name}: corrupt checkpoint pickle (memo index {arg})")
-    except NpvitposeError:
-        raise
-    except Exception:  # genops raises ValueError & co. on malformed opcodes
-        raise NpvitposeError(f"{name}: corrupt checkpoint pickle") from None
-
-
-def _materialize(ref: _TensorRef, archive: _PthArchive, key: str) -> np.ndarray:
-    """Copy one tensor view out of its storage after checking it stays inside the storage."""
+def _window(ref: _TensorRef, archive: _PthArchive, key: str):
+    """The storage bytes one tensor view reads, after checking the view stays inside its storage (no copy)."""
     st = ref.storage
-    count = 1
-    for n in ref.size:
-        count *= n
-    public = np.dtype(np.float32 if st.code in (_BF16, "<f2") else st.code).newbyteorder("=")
+    count = math.prod(ref.size)
     if count == 0:
-        return np.zeros(ref.size, dtype=public)
+        return None
     if count > st.numel:
         # a stride-0 view larger than its storage would let a tiny file demand unbounded memory
         raise NpvitposeError(f"{archive.name}: tensor {_short(key)} is larger than its storage {_short(st.key)}")
     if ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride)) >= st.numel:
         raise NpvitposeError(f"{archive.name}: tensor {_short(key)} reads past the end of storage {_short(st.key)}")
+    return archive.storage_bytes(st.key, st.numel * _itemsize(st.code))
+
+
+def _materialize(ref: _TensorRef, raw) -> np.ndarray:
+    """Copy one checked tensor view out of its storage bytes."""
+    st = ref.storage
+    public = np.dtype(np.float32 if st.code in (_BF16, "<f2") else st.code).newbyteorder("=")
+    if raw is None:
+        return np.zeros(ref.size, dtype=public)
     itemsize = _itemsize(st.code)
-    raw = archive.storage_bytes(st.key, st.numel * itemsize)
     flat = np.frombuffer(raw, dtype=np.uint16 if st.code == _BF16 else np.dtype(st.code), count=st.numel)
     view = np.lib.stride_tricks.as_strided(
         flat[ref.offset :], shape=ref.size, strides=[s * itemsize for s in ref.stride], writeable=False
@@ -343,7 +340,7 @@ def _read_state_dict(archive: "_PthArchive") -> dict:
     if byteorder not in (None, b"little"):  # files from before the record existed are little-endian
         raise NpvitposeError(f"{archive.name}: byteorder {byteorder[:16]!r} is not supported (little-endian only)")
     data = archive.read_small("data.pkl", _MAX_PICKLE_BYTES)
-    _check_memo(data, archive.name)
+    _check_pickle(data, archive.name)
     try:
         top = _StateDictUnpickler(data, archive.name).load()
     except NpvitposeError as e:
@@ -353,15 +350,227 @@ def _read_state_dict(archive: "_PthArchive") -> dict:
     if not isinstance(top, dict):
         raise NpvitposeError(f"{archive.name} holds a {type(top).__name__}, not a state dict")
     state = top["state_dict"] if isinstance(top.get("state_dict"), dict) else top
-    out = {}
+    windows, total = {}, 0
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, _TensorRef):
             raise NpvitposeError(
                 f"{archive.name}: entry {_short(key)} is not a tensor "
                 "(expected {'state_dict': ...} or a dict of tensors)"
             )
-        out[key] = _materialize(value, archive, key)
-    return out
+        windows[key] = _window(value, archive, key)
+        total += math.prod(value.size)
+    # every element takes a byte or more of the file; views sharing one storage may count it twice
+    if total > 2 * archive.size:
+        raise NpvitposeError(f"{archive.name}: its tensors claim {total} elements, more than the file can hold")
+    return {key: _materialize(value, windows[key]) for key, value in state.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget of a pickle, proven before the real unpickler runs: every opcode is simulated on stand-ins
+# that carry only a kind, a nesting depth and a length, so nothing is built, hashed or called here.
+
+_MAX_OPCODES = 1 << 19  # the largest real one (ViT-H with 6 experts and its optimizer state) has ~90k
+_MAX_DEPTH = 64  # a state dict nests ~6 levels; deep nesting only serves to crash recursive C code
+_WORK_PER_BYTE = 16  # elements that calls, copies and hashes may touch, per byte of pickle
+_KEY_KINDS = ("str", "bytes", "bool", "none", "int")  # hashable in O(length), no engineered collisions
+_HASHING_CALLS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"),
+                  ("__builtin__", "frozenset"), ("collections", "OrderedDict")}
+
+
+class _Shape:
+    """What the scan knows of one pickled value."""
+
+    __slots__ = ("kind", "depth", "length", "value", "items")
+
+    def __init__(self, kind, depth=0, length=1, value=None, items=None):
+        self.kind, self.depth, self.length, self.value, self.items = kind, depth, length, value, items
+
+
+_MARK = _Shape("mark")
+_ATOMS = {"int": "int", "int_or_bool": "int", "bytes_or_str": "str", "bytes": "bytes", "str": "str",
+          "float": "float", "None": "none", "bool": "bool", "bytearray": "bytearray"}
+
+
+class _PickleScan:
+    def __init__(self, data: bytes, name: str):
+        self.name, self.stack, self.memo = name, [], {}
+        self.budget = _WORK_PER_BYTE * len(data) + (1 << 16)
+
+    def fail(self, what):
+        raise NpvitposeError(f"{self.name}: refused checkpoint pickle ({what})")
+
+    def pop(self):
+        if not self.stack or self.stack[-1] is _MARK:
+            self.fail("stack underflow")
+        return self.stack.pop()
+
+    def pop_mark(self):
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i] is _MARK:
+                items = self.stack[i + 1:]
+                del self.stack[i:]
+                return items
+        self.fail("no mark")
+
+    def top(self):
+        if not self.stack or self.stack[-1] is _MARK:
+            self.fail("stack underflow")
+        return self.stack[-1]
+
+    def spend(self, n):
+        self.budget -= n
+        if self.budget < 0:
+            self.fail("more work than its size allows: built to exhaust the reader")
+
+    def container(self, kind, items):
+        depth = 1 + max((s.depth for s in items), default=0)
+        if depth > _MAX_DEPTH:
+            self.fail(f"values nested deeper than {_MAX_DEPTH} levels")
+        self.spend(len(items))
+        return _Shape(kind, depth, len(items), items=list(items) if kind in ("tuple", "list") else None)
+
+    def grow(self, target, items):
+        """APPENDS/SETITEMS/ADDITEMS into a container built earlier."""
+        depth = max([target.depth] + [1 + s.depth for s in items])
+        if depth > _MAX_DEPTH:
+            self.fail(f"values nested deeper than {_MAX_DEPTH} levels")
+        target.depth, target.length = depth, target.length + len(items)
+        if target.items is not None:
+            target.items.extend(items)
+        self.spend(len(items))
+
+    def key(self, shape):
+        # tuples as keys would be hashed recursively (a deep one crashes CPython) and colliding ints or
+        # tuples make a dict quadratic; a state dict only ever uses strings and small integers
+        if shape.kind not in _KEY_KINDS or (shape.kind == "int" and not -(1 << 60) < shape.value < 1 << 60):
+            self.fail(f"a {shape.kind} as a dict key or set member")
+        self.spend(shape.length)
+
+    def call(self, func, args):
+        """REDUCE, NEWOBJ & co.: cost of the call's arguments; sets and dicts built from them hash their items."""
+        self.spend(1 + sum(s.length for s in (args.items or ())))
+        name = func.value if func.kind == "global" else None
+        if name in _HASHING_CALLS:
+            for arg in args.items or ():
+                if arg.kind not in ("tuple", "list", "dict"):
+                    self.fail(f"{name[1]} of a {arg.kind}")
+                for item in arg.items or ():
+                    if name == ("collections", "OrderedDict"):
+                        if item.kind not in ("tuple", "list") or len(item.items) != 2:
+                            self.fail("an OrderedDict item that is not a pair")
+                        item = item.items[0]
+                    self.key(item)
+            return _Shape("dict" if name[1] == "OrderedDict" else "set", args.depth)
+        return _Shape("object", args.depth)
+
+    def run(self, ops):
+        push, pop = self.stack.append, self.pop
+        for count, (op, arg, _) in enumerate(ops):
+            if count >= _MAX_OPCODES:
+                self.fail(f"over {_MAX_OPCODES} opcodes")
+            name = op.name
+            after = op.stack_after[0].name if op.stack_after else None
+            if name in ("PROTO", "FRAME"):
+                continue
+            if name == "STOP":
+                pop()
+                return
+            if not op.stack_before and after in _ATOMS:
+                kind = _ATOMS[after]
+                if kind == "int" and isinstance(arg, bool):
+                    kind = "bool"
+                length = len(arg) if isinstance(arg, (str, bytes, bytearray)) else 1
+                push(_Shape(kind, 0, length, value=arg))
+            elif name == "MARK":
+                push(_MARK)
+            elif name in ("EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_SET"):
+                push(self.container(after, []))
+            elif name in ("TUPLE", "LIST"):
+                push(self.container(after, self.pop_mark()))
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                items = [pop() for _ in range(int(name[-1]))][::-1]
+                push(self.container("tuple", items))
+            elif name in ("DICT", "FROZENSET"):
+                items = self.pop_mark()
+                for k in items[::2] if name == "DICT" else items:
+                    self.key(k)
+                push(self.container(after, items))
+            elif name == "APPEND":
+                item = pop()
+                self.grow(self.top(), [item])
+            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                items = self.pop_mark()
+                for k in items[::2] if name == "SETITEMS" else items if name == "ADDITEMS" else ():
+                    self.key(k)
+                self.grow(self.top(), items)
+            elif name == "SETITEM":
+                value, k = pop(), pop()
+                self.key(k)
+                self.grow(self.top(), [k, value])
+            elif name == "POP":
+                if self.stack and self.stack[-1] is _MARK:
+                    self.stack.pop()
+                else:
+                    pop()
+            elif name == "POP_MARK":
+                self.pop_mark()
+            elif name == "DUP":
+                push(self.top())
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                index = len(self.memo) if name == "MEMOIZE" else arg
+                # CPython's memo is an array as long as the largest index: keep it within what was read
+                if not isinstance(index, int) or not 0 <= index <= count:
+                    self.fail(f"memo index {index!r}")
+                self.memo[index] = self.top()
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                if arg not in self.memo:
+                    self.fail(f"memo index {arg!r} read before it is written")
+                push(self.memo[arg])
+            elif name == "GLOBAL":
+                module, _, attr = str(arg).partition(" ")
+                push(_Shape("global", value=(module, attr)))
+            elif name == "STACK_GLOBAL":
+                attr, module = pop(), pop()
+                push(_Shape("global", value=(module.value, attr.value)))
+            elif name in ("EXT1", "EXT2", "EXT4", "PERSID"):
+                push(_Shape("object"))
+            elif name == "BINPERSID":
+                self.spend(pop().length)
+                push(_Shape("object"))
+            elif name in ("REDUCE", "NEWOBJ"):
+                args, func = pop(), pop()
+                push(self.call(func, args))
+            elif name == "NEWOBJ_EX":
+                kwargs, args, func = pop(), pop(), pop()
+                self.spend(kwargs.length)
+                push(self.call(func, args))
+            elif name in ("OBJ", "INST"):
+                items = self.pop_mark()
+                if name == "INST":
+                    module, _, attr = str(arg).partition(" ")
+                    func = _Shape("global", value=(module, attr))
+                elif not items:
+                    self.fail("OBJ without a class")
+                else:
+                    func, items = items[0], items[1:]
+                push(self.call(func, self.container("tuple", items)))
+            elif name == "BUILD":
+                state = pop()
+                self.spend(state.length)
+                self.top()
+            else:  # NEXT_BUFFER, READONLY_BUFFER: out-of-band data a file cannot carry
+                self.fail(f"opcode {name}")
+        self.fail("no STOP opcode (truncated)")
+
+
+def _check_pickle(data: bytes, name: str) -> None:
+    """Refuse, before unpickling, a pickle whose depth, size or work would exhaust the interpreter."""
+    try:
+        _PickleScan(data, name).run(pickletools.genops(data))
+    except NpvitposeError:
+        raise
+    except Exception:  # genops raises ValueError & co. on malformed opcodes
+        raise NpvitposeError(f"{name}: corrupt checkpoint pickle") from None
 
 
 # ---------------------------------------------------------------------------------------------
