@@ -443,7 +443,7 @@ class _PickleScan:
         # tuples as keys would be hashed recursively (a deep one crashes CPython) and colliding ints or
         # tuples make a dict quadratic; a state dict only ever uses strings and small integers
         if shape.kind not in _KEY_KINDS or (shape.kind == "int" and not -(1 << 60) < shape.value < 1 << 60):
-            self.fail(f"a {shape.kind} as a dict key or set member")
+            self.fail(f"{shape.kind} as a dict key or set member")
         self.spend(shape.length)
 
     def call(self, func, args):

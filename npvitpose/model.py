@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import meta as metadata
 from . import threads
 from .errors import NpvitposeError
 from .kernels import gemm
@@ -17,7 +18,8 @@ from .kernels.patch_embed import grid, im2col
 from .npz import read_npz
 from .outputs import atomic_output
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = metadata.FORMAT_VERSION
+MAX_WEIGHT = 1e6  # |value| bound of any weight, checked at load
 HEIGHT, WIDTH = 256, 192  # spec 1.2: the position table only fits 256x192 crops
 DECONV = 256  # spec 2.1: classic head deconv filters
 
@@ -95,7 +97,7 @@ class Model:
 
     def __init__(self, weights, meta):
         self.meta = dict(meta)
-        self.config = _config_from_meta(self.meta)
+        self.config = _config_from_meta(self.meta, weights)
         self.num_keypoints = self.config.num_keypoints
         _validate(weights, self.config)
         self.weights = weights
@@ -199,20 +201,14 @@ def _check_pixels(pixels):
     return np.ascontiguousarray(pixels, dtype=np.float32)
 
 
-def _config_from_meta(meta):
-    try:
-        cfg = Config(dim=int(meta["dim"]), depth=int(meta["depth"]), heads=int(meta["heads"]),
-                     mlp_hidden=int(meta["mlp_hidden"]), num_keypoints=int(meta["num_keypoints"]),
-                     head=str(meta["head"]), ln_eps=float(meta["ln_eps"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise NpvitposeError(f"model metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
-    if cfg.head not in ("classic", "simple"):
-        raise NpvitposeError(f"unknown head type {cfg.head!r} in model metadata")
-    if min(cfg.dim, cfg.depth, cfg.heads, cfg.mlp_hidden, cfg.num_keypoints) <= 0 or cfg.dim % cfg.heads:
-        raise NpvitposeError(f"inconsistent sizes in model metadata: {cfg}")
-    if not (0.0 < cfg.ln_eps < 1.0):
-        raise NpvitposeError(f"layer-norm eps {cfg.ln_eps} in model metadata is out of range")
-    return cfg
+def _config_from_meta(meta, weights):
+    metadata.check(meta)  # every field typed and bounded before use
+    if metadata.weight_count(meta) > 2 * len(weights) + 64:  # before looping over `depth` keys; else name the key
+        raise NpvitposeError(f"{len(weights)} weights, but a depth-{meta['depth']} {meta['head']} model has "
+                             f"{metadata.weight_count(meta)}")
+    return Config(dim=int(meta["dim"]), depth=int(meta["depth"]), heads=int(meta["heads"]),
+                  mlp_hidden=int(meta["mlp_hidden"]), num_keypoints=int(meta["num_keypoints"]),
+                  head=meta["head"], ln_eps=float(meta["ln_eps"]))
 
 
 def _validate(weights, cfg):
@@ -227,8 +223,11 @@ def _validate(weights, cfg):
             raise NpvitposeError(f"weight {key!r} has dtype {a.dtype}, expected float32")
         if a.shape != shape:
             raise NpvitposeError(f"weight {key!r} has shape {a.shape}, expected {shape}")
-        if not np.isfinite(a).all():
-            raise NpvitposeError(f"weight {key!r} contains NaN or inf")
+        # NaN fails both comparisons; no trained weight comes near 1e6, and such values overflow float32 later
+        if not (a.size == 0 or -MAX_WEIGHT <= a.min() and a.max() <= MAX_WEIGHT):
+            raise NpvitposeError(f"weight {key!r} contains NaN or inf, or values beyond +-{MAX_WEIGHT:g}")
+        if key.endswith("running_var") and a.size and a.min() < 0:
+            raise NpvitposeError(f"weight {key!r} holds a negative variance")
 
 
 def from_weights(weights, meta):
@@ -250,16 +249,7 @@ def load(path, mmap=False):
     if "__meta__" not in arrays:
         raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
     try:
-        meta = json.loads(str(arrays.pop("__meta__")))
-    except ValueError as e:
-        raise NpvitposeError(f"{path}: __meta__ is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise NpvitposeError(f"{path}: __meta__ is not a JSON object")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise NpvitposeError(
-            f"{path}: format version {meta.get('format_version')!r}, this npvitpose reads {FORMAT_VERSION}")
-    try:
-        return Model(arrays, meta)
+        return Model(arrays, metadata.parse(arrays.pop("__meta__")))
     except NpvitposeError as e:
         raise NpvitposeError(f"{path}: {e}") from None
 
@@ -269,7 +259,7 @@ def save_npz(path, weights, meta):
     path = os.fspath(path)
     meta = dict(meta, format_version=FORMAT_VERSION)
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
-    arrays["__meta__"] = np.array(json.dumps(meta))
+    arrays["__meta__"] = np.array(json.dumps(meta, allow_nan=False))  # NaN is not JSON
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 

@@ -269,10 +269,13 @@ def model_heatmaps(model, image_rgb, centers, scales, mode, flip=True):
 
 
 def _heatmaps_of(model, pixels):
-    out = np.asarray(model.forward(pixels), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+        out = np.asarray(model.forward(pixels), dtype=np.float32)
     k = int(model.num_keypoints)
     if out.ndim != 4 or out.shape[:2] != (len(pixels), k):
         raise NpvitposeError(f"model returned heatmaps of shape {out.shape}, expected ({len(pixels)}, {k}, H, W)")
+    if not np.isfinite(out).all():  # weights that passed the load checks can still overflow float32
+        raise NpvitposeError("the model's heatmaps hold NaN or infinity: its weights are broken")
     return out
 
 

@@ -79,10 +79,10 @@ def test_wrong_dtype_is_named(tmp_path, weights):
 
 
 @pytest.mark.parametrize("meta,message", [
-    ({**META, "head": "fancy"}, "unknown head type"),
-    ({k: v for k, v in META.items() if k != "heads"}, "metadata is incomplete"),
-    ({**META, "heads": 5}, "inconsistent sizes"),
-    ({**META, "ln_eps": 0}, "eps"),
+    ({**META, "head": "fancy"}, "head must be one of classic, simple"),
+    ({k: v for k, v in META.items() if k != "heads"}, "heads must be an integer"),
+    ({**META, "heads": 5}, "not a multiple of heads"),
+    ({**META, "ln_eps": 0}, "ln_eps"),
 ])
 def test_bad_metadata(tmp_path, weights, meta, message):
     with pytest.raises(npvitpose.NpvitposeError, match=message):
