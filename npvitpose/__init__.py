@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
 
+from .detector import Detector  # noqa: E402
 from .errors import NpvitposeError  # noqa: E402
 from .model import VARIANTS, Config, Model  # noqa: E402
 
@@ -25,5 +26,5 @@ def load(path, mmap=False):
     return model.load(fetch.resolve(path), mmap=mmap)
 
 
-__all__ = ["Config", "Model", "NpvitposeError", "VARIANTS", "load"]
+__all__ = ["Config", "Detector", "Model", "NpvitposeError", "VARIANTS", "load"]
 __version__ = "0.1.0"

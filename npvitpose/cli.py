@@ -47,25 +47,48 @@ def _options(args):
 
     return Options(box_format=args.box_format, bbox_thr=args.bbox_thr, flip=not args.no_flip, decode=args.decode,
                    nms_thr=args.nms_thr, batch_size=args.batch_size, kpt_thr=args.kpt_thr, radius=args.radius,
-                   thickness=args.thickness)
+                   thickness=args.thickness, draw_bbox=args.draw_bbox, skeleton_style=args.skeleton_style,
+                   det_every=args.det_every, track=args.track, track_thr=args.track_thr, smooth=args.smooth)
+
+
+def _boxes_source(args, parser, inputs):
+    """The last PATH when it is a .json boxes file, else a detector (or --whole-image) -> (source, its file)."""
+    from . import run
+    from .detector import DEFAULT_DETECTOR, Detector, resolve_detector
+
+    if args.boxes is not None:
+        if args.whole_image or args.detector is not None:
+            parser.error("give either a BOXES.json or --detector / --whole-image, not both")
+        # before any download: a bad boxes file fails fast
+        detections = run.Detections(args.boxes, args.box_format, args.bbox_thr, args.images, args.image_id)
+        return detections, args.boxes
+    if args.images is not None:
+        parser.error("--images matches COCO detections to files; it needs a BOXES.json")
+    if args.whole_image:
+        if args.detector is not None:
+            parser.error("--whole-image uses no detector; leave --detector out")
+        return run.DetectedBoxes(None, args.bbox_thr, inputs, args.image_id), None
+    run.check_job(inputs, None)  # nothing to read: say so before downloading a detector
+    path = resolve_detector(args.detector or DEFAULT_DETECTOR, args.cache, note=_note)
+    detector = Detector(path, args.det_size, args.det_thr, args.det_nms_thr)
+    return run.DetectedBoxes(detector, args.bbox_thr, inputs, args.image_id), path
 
 
 def cmd_infer(args, parser):
     from . import fetch, run
     from .model import load
 
-    if len(args.paths) < 2:
-        parser.error("infer needs at least one INPUT and then a BOXES.json")
-    boxes_path, raw_inputs = args.paths[-1], args.paths[:-1]
-    if os.path.isdir(boxes_path):
+    # the last PATH is the boxes file when it is .json; without one a person detector finds the boxes
+    args.boxes = args.paths[-1] if len(args.paths) > 1 and args.paths[-1].lower().endswith(".json") else None
+    raw_inputs = args.paths[:-1] if args.boxes is not None else args.paths
+    if args.boxes is not None and os.path.isdir(args.boxes):
         parser.error("the last argument must be the detections JSON file")
     inputs = run.expand_inputs(raw_inputs)
     _set_threads(args.threads)
-    # before any download: a bad boxes file fails fast
-    detections = run.Detections(boxes_path, args.box_format, args.bbox_thr, args.images, args.image_id)
+    detections, boxes_file = _boxes_source(args, parser, inputs)
     run.check_job(inputs, detections)
     model_path = fetch.resolve(args.model, args.cache, note=_note)
-    protected = Protected(inputs + [boxes_path, args.images, model_path])
+    protected = Protected([p for p in inputs if not run.is_camera(p)] + [boxes_file, args.images, model_path])
     if args.output is not None:
         protected.check(args.output, "-o")
         check_target(args.output, "-o")
@@ -76,13 +99,23 @@ def cmd_infer(args, parser):
             if args.output is not None and same_file(target, args.output):
                 raise NpvitposeError(f"--vis {target!r} and -o are the same file")
 
+    stream = args.output is not None and args.output.lower().endswith(".jsonl")
+    camera = args.output is None and any(run.is_camera(p) for p in inputs)  # a camera run streams to stdout
+    sink = run.JsonLines(args.output if stream else None) if stream or camera else None
     if args.dask is not None:
+        if sink is not None:
+            raise NpvitposeError("streamed results (-o OUT.jsonl, a camera) are not available with --dask; "
+                                 "use -o OUT.json")
         results, failed = _infer_dask(args, inputs, detections, targets)
     else:
         runner = run.Runner(load(model_path), _options(args))
-        results, failed = run.run(runner, detections, inputs, targets)
+        try:
+            results, failed = run.run(runner, detections, inputs, targets, sink)
+        finally:
+            if sink is not None:
+                sink.close()
 
-    if failed < len(inputs):
+    if failed < len(inputs) and sink is None:
         text = json.dumps(results, separators=(",", ":")) + "\n"
         if args.output is None:
             sys.stdout.write(text)
@@ -201,15 +234,17 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASET_NAMES, help="head / expert of a multi-dataset checkpoint")
     p.set_defaults(run=cmd_convert)
 
-    p = sub.add_parser("infer", help="keypoints for person boxes in images, a folder or a video",
-                       usage=f"{PROG} infer [options] INPUT... BOXES.json [--model MODEL]")
+    p = sub.add_parser("infer", help="keypoints of the people in images, a folder, a video or a camera",
+                       usage=f"{PROG} infer [options] INPUT... [BOXES.json] [--model MODEL]")
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="images, folders of images or one video, then the detections JSON")
+                   help="images, folders of images, one video or a camera index (0), then optionally a boxes "
+                        ".json; without one a person detector finds the people")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a converted .npz, or a published model name, downloaded on first use "
                         f"(default: {DEFAULT_MODEL}; see `{PROG} fetch --list`)")
     p.add_argument("--cache", metavar="DIR", help="cache folder for fetched model names")
-    p.add_argument("-o", "--output", metavar="OUT.json", help="COCO keypoint results (default: stdout)")
+    p.add_argument("-o", "--output", metavar="OUT.json",
+                   help="COCO keypoint results (default: stdout); OUT.jsonl streams one line per image or frame")
     p.add_argument("--vis", metavar="OUT.jpg|DIR", help="also draw the keypoints (an image, a video or a folder)")
     p.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh")
     p.add_argument("--bbox-thr", type=_nonneg_float, default=0.0, help="skip boxes scoring below this")
@@ -230,6 +265,23 @@ def build_parser():
                    help="run over a Dask cluster: a scheduler address, or local:N to start N worker processes here")
     p.add_argument("--dask-timeout", type=_positive_float, default=10.0, metavar="S",
                    help="seconds to reach the scheduler, and that a cluster may stay without workers (default 10)")
+    g = p.add_argument_group("person detection (when no BOXES.json is given)")
+    g.add_argument("--detector", metavar="NAME|FILE.onnx",
+                   help="a YOLOX (or ultralytics-layout) ONNX file run by cv2.dnn, or a published name: "
+                        "yolox-s (default, Apache-2.0, downloaded on first use), yolox-tiny, yolox-nano")
+    g.add_argument("--det-thr", type=_nonneg_float, default=0.3, metavar="T", help="detector score threshold")
+    g.add_argument("--det-nms-thr", type=_nonneg_float, default=0.3, metavar="T", help="detector NMS IoU threshold")
+    g.add_argument("--det-size", metavar="N|WxH", help="detector input size (default: the file's own)")
+    g.add_argument("--whole-image", action="store_true", help="no detector: the whole picture is one person box")
+    g = p.add_argument_group("video")
+    g.add_argument("--det-every", type=_positive_int, default=1, metavar="N",
+                   help="find boxes every N frames; in between, each person's box follows their keypoints")
+    g.add_argument("--track", choices=("iou", "oks"), default="iou", help="match people across frames by")
+    g.add_argument("--track-thr", type=_nonneg_float, default=0.3, metavar="T", help="least IoU/OKS to keep an id")
+    g.add_argument("--smooth", action="store_true", help="One-Euro smoothing of each track's keypoints")
+    g = p.add_argument_group("drawing")
+    g.add_argument("--draw-bbox", action="store_true", help="outline each person's box")
+    g.add_argument("--skeleton-style", choices=("mmpose", "openpose"), default="mmpose")
     p.set_defaults(run=cmd_infer)
 
     p = sub.add_parser("fetch", help="download and convert a published checkpoint into the cache")

@@ -249,13 +249,21 @@ def oks_nms(keypoints, scores, areas, sigmas, thr=0.9):
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(i)
-        d = kpts[rest] - kpts[i]  # float32, as the official flattened arrays
-        sq = d[..., 0] ** 2 + d[..., 1] ** 2
-        norm = (areas[i] + areas[rest]) / np.float32(2) + np.float32(np.spacing(1))
-        e = sq / variances / norm[:, None].astype(np.float64) / 2
-        oks = (np.sum(np.exp(-e), axis=1) / max(kpts.shape[1], 1)).astype(np.float32)
-        order = rest[oks <= thr]
+        order = rest[oks(kpts[i], kpts[rest], areas[i], areas[rest], variances) <= thr]
     return np.array(keep, dtype=np.int64)
+
+
+def oks(kpts, others, area, areas, variances):
+    """OKS of one instance's keypoints (K, 2) with others (M, K, 2), float32 as the official code (spec 5.6).
+
+    area, areas (M,): S_w * S_h; variances (K,) = (2 sigma)^2. Also the OKS of mmpose's pose tracking."""
+    kpts, others = np.asarray(kpts, dtype=np.float32), np.asarray(others, dtype=np.float32)
+    area, areas = np.float32(area), np.asarray(areas, dtype=np.float32)
+    d = others - kpts  # float32, as the official flattened arrays
+    sq = d[..., 0] ** 2 + d[..., 1] ** 2
+    norm = (area + areas) / np.float32(2) + np.float32(np.spacing(1))
+    e = sq / variances / norm[:, None].astype(np.float64) / 2
+    return (np.sum(np.exp(-e), axis=1) / max(kpts.shape[0], 1)).astype(np.float32)
 
 
 def _check_mode(mode):

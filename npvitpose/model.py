@@ -177,11 +177,32 @@ class Model:
         z = np.maximum(f, 0).reshape(b * n, cfg.dim) @ self._final_w  # (B*N, 9K)
         return upsample4_conv3x3(z.reshape(b, hp, wp, 9, k), w["keypoint_head.final_layer.bias"])  # (B, K, 64, 48)
 
-    def __call__(self, image, boxes, box_format="xywh", color="rgb", **kwargs):
-        """Keypoints for the person boxes in one image: see `npvitpose.pipeline.predict`."""
+    def __call__(self, image, boxes=None, box_format="xywh", color="rgb", **kwargs):
+        """Keypoints for the person boxes in one image: see `npvitpose.pipeline.predict`.
+
+        With no boxes, `self.detector` finds the people first (by default npvitpose.Detector(): YOLOX-S,
+        downloaded on first use; assign another Detector to change it)."""
         from .pipeline import predict
 
+        if boxes is None:
+            from .images import as_rgb, read_image
+
+            image = read_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb(image, color)
+            boxes, box_format, color = self.detector(image)[0], "xywh", "rgb"
         return predict(self, image, boxes, box_format=box_format, color=color, **kwargs)
+
+    @property
+    def detector(self):
+        """The person detector used when no boxes are given (created on first use)."""
+        if getattr(self, "_detector", None) is None:
+            from .detector import Detector
+
+            self._detector = Detector()
+        return self._detector
+
+    @detector.setter
+    def detector(self, value):
+        self._detector = value
 
     def __repr__(self):
         c = self.config

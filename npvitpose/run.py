@@ -19,8 +19,11 @@ from .outputs import atomic_output, write_image_atomic
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
 DRAW_EXTS = tuple(e for e in IMAGE_EXTS if e != ".pgm")  # --vis: .pgm holds grey only, drawings are in colour
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
-VIDEO_FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+# encoders tried in order; opencv-python's wheels carry no H.264 encoder but do carry VP8 (WebM), which browsers play
+VIDEO_FOURCC = {".mp4": ("avc1", "mp4v"), ".mov": ("avc1", "mp4v"), ".avi": ("MJPG",), ".mkv": ("VP80", "MJPG"),
+                ".webm": ("VP80", "VP90")}
+BROWSER_FOURCC = ("avc1", "VP80", "VP90")
 VIS_THR = 0.2  # spec 5.6: keypoints above this count in the instance score
 
 
@@ -34,8 +37,13 @@ def ext(path):
     return os.path.splitext(str(path))[1].lower()
 
 
+def is_camera(path):
+    """A bare integer that names no file is a camera index (cv2.VideoCapture(0))."""
+    return str(path).isdigit() and not os.path.exists(str(path))
+
+
 def is_video(path):
-    return ext(path) in VIDEO_EXTS
+    return ext(path) in VIDEO_EXTS or is_camera(path)
 
 
 def expand_inputs(paths):
@@ -65,6 +73,12 @@ class Options:
     kpt_thr: float = 0.3
     radius: int = 4
     thickness: int = 2
+    draw_bbox: bool = False
+    skeleton_style: str = "mmpose"
+    det_every: int = 1  # video: run the boxes source every N frames, carry boxes from keypoints in between
+    track: str = "iou"  # video: greedy matching of people across frames by box IoU or keypoint OKS
+    track_thr: float = 0.3  # mmpose's tracking_thr
+    smooth: bool = False  # video: One-Euro filter per track (off: per-frame results stay the official pipeline's)
 
 
 class Detections:
@@ -108,6 +122,35 @@ class Detections:
         return self.groups.get(image_id, empty)
 
 
+class DetectedBoxes:
+    """The boxes source of inputs without a boxes file: a person detector, or the whole picture (detector None).
+
+    An image's id is the one --image-id gives, else its numeric file stem, else its place among the inputs."""
+
+    def __init__(self, detector=None, bbox_thr=0.0, inputs=(), image_id=None):
+        from . import boxes as B
+
+        self.detector, self.bbox_thr = detector, float(bbox_thr)
+        self.order = {os.fspath(p): i for i, p in enumerate(inputs)}
+        self.image_id = None if image_id is None else B.id_key(image_id)
+
+    def detect(self, image):
+        from .detector import whole_image
+
+        found, scores = whole_image(image.shape) if self.detector is None else self.detector(image)
+        keep = scores >= self.bbox_thr  # --bbox-thr applies to detector boxes too
+        return found[keep], scores[keep]
+
+    def for_image(self, path, image):
+        from . import boxes as B
+
+        image_id = self.image_id if self.image_id is not None else B.id_for_file(path)
+        return (self.order.get(os.fspath(path), 0) if image_id is None else image_id), *self.detect(image)
+
+    def for_frame(self, index, image):
+        return self.detect(image)
+
+
 def check_job(inputs, boxes):
     """Refuse, before any model work, a job that cannot give a result."""
     videos = [p for p in inputs if is_video(p)]
@@ -121,7 +164,7 @@ def check_job(inputs, boxes):
     if getattr(boxes, "plain", None) is not None and len(inputs) > 1:
         raise NpvitposeError(
             f"{boxes.name}: a plain box list is for one image; for several, use COCO detection results")
-    if not any(os.path.exists(p) for p in inputs):  # nothing to do: say so before loading or downloading a model
+    if not any(os.path.exists(p) or is_camera(p) for p in inputs):  # nothing to do: say so before loading or downloading a model
         raise NpvitposeError(f"image file not found: {inputs[0]}" if len(inputs) == 1 else
                              f"none of the {len(inputs)} inputs exists (first: {inputs[0]})")
 
@@ -144,12 +187,18 @@ class Runner:
         dataset = DATASETS.get(model.meta.get("dataset"))
         self.skeleton = model.meta.get("skeleton") or (dataset.skeleton if dataset else ())
         self.sigmas = dataset.sigmas if dataset is not None else None
+        if options.skeleton_style == "openpose" and model.num_keypoints != 17:
+            raise NpvitposeError(f"--skeleton-style openpose draws COCO's 17 keypoints; this model has "
+                                 f"{model.num_keypoints}")
+        if options.track == "oks" and (self.sigmas is None or len(self.sigmas) != model.num_keypoints):
+            raise NpvitposeError(f"--track oks needs OKS sigmas, which dataset {model.meta.get('dataset')!r} "
+                                 f"does not have")
         if options.nms_thr is not None and (self.sigmas is None or len(self.sigmas) != model.num_keypoints):
             name = model.meta.get("dataset")
             raise NpvitposeError(f"--nms-thr needs OKS sigmas, which dataset {name!r} does not have")
 
-    def predict(self, image, boxes, box_scores):
-        """-> (kept keypoints (N, K, 2), scores (N, K), instance scores (N,), boxes (N, 4))."""
+    def predict(self, image, boxes, box_scores, with_box_scores=False):
+        """-> (kept keypoints (N, K, 2), scores (N, K), instance scores (N,), boxes (N, 4)[, box scores (N,)])."""
         from .pipeline import predict
 
         o = self.options
@@ -157,10 +206,11 @@ class Runner:
         step = o.batch_size or max(len(boxes), 1)  # --batch-size: at most this many people per call
         parts = [predict(self.model, image, boxes[i:i + step], **kw) for i in range(0, max(len(boxes), 1), step)]
         return self.finish(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                           boxes, box_scores)
+                           boxes, box_scores, with_box_scores)
 
-    def finish(self, keypoints, scores, boxes, box_scores):
-        """Predicted keypoints -> the kept ones with their instance scores (COCO rescoring, --nms-thr)."""
+    def finish(self, keypoints, scores, boxes, box_scores, with_box_scores=False):
+        """Predicted keypoints -> the kept ones with their instance scores (COCO rescoring, --nms-thr),
+        and with_box_scores, the kept boxes' scores too."""
         from .decode import instance_scores, oks_nms
 
         o = self.options
@@ -168,7 +218,8 @@ class Runner:
         if o.nms_thr is not None and len(boxes):
             keep = np.sort(oks_nms(keypoints, inst, roi_areas(boxes), self.sigmas, o.nms_thr))
             keypoints, scores, inst, boxes = keypoints[keep], scores[keep], inst[keep], boxes[keep]
-        return keypoints, scores, inst, boxes
+            box_scores = np.asarray(box_scores)[keep]
+        return (keypoints, scores, inst, boxes) + ((np.asarray(box_scores),) if with_box_scores else ())
 
     def records(self, image_id, keypoints, scores, inst, boxes):
         out = []
@@ -185,11 +236,13 @@ class Runner:
             })
         return out
 
-    def draw(self, image, keypoints, scores):
+    def draw(self, image, keypoints, scores, boxes=None, track_ids=None):
         from .vis import draw
 
         o = self.options
-        return draw(image, keypoints, scores, self.skeleton, o.kpt_thr, o.radius, o.thickness)
+        return draw(image, keypoints, scores, self.skeleton, o.kpt_thr, o.radius, o.thickness,
+                    keypoint_names=self.model.meta.get("keypoint_names"), boxes=boxes if o.draw_bbox else None,
+                    track_ids=track_ids, style=o.skeleton_style)
 
 
 def vis_targets(vis, inputs):
@@ -222,7 +275,7 @@ def vis_targets(vis, inputs):
     return targets
 
 
-def process_image(runner, boxes, path, vis_target=None):
+def process_image(runner, boxes, path, vis_target=None, sink=None):
     from .images import read_image
 
     image = read_image(path)
@@ -230,68 +283,178 @@ def process_image(runner, boxes, path, vis_target=None):
     keypoints, scores, inst, found = runner.predict(image, found, box_scores)
     if vis_target is not None:
         os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)
-        write_image_atomic(vis_target, runner.draw(image, keypoints, scores))
-    return runner.records(image_id, keypoints, scores, inst, found)
+        write_image_atomic(vis_target, runner.draw(image, keypoints, scores, found))
+    records = runner.records(image_id, keypoints, scores, inst, found)
+    if sink is not None:
+        sink({"image_id": image_id, "file": os.fspath(path)}, records)
+    return records
 
 
-def process_video(runner, boxes, path, vis_target=None):
+@contextlib.contextmanager
+def _quiet_stderr():
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured, or closed): nothing to hide
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(null)
+
+
+class VideoWriter:
+    """The --vis video, opened at the first frame: the first encoder of its container this OpenCV has,
+    written to a temporary file renamed into place by the caller's `atomic_output`."""
+
+    def __init__(self, target, tmp, fps, size):
+        import cv2
+
+        for fourcc in VIDEO_FOURCC[ext(target)]:
+            with _quiet_stderr():  # OpenCV prints FFmpeg's tag fallbacks straight to fd 2, past its log level
+                self.writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            if self.writer.isOpened():
+                break
+            self.writer.release()
+        else:
+            raise NpvitposeError(f"cannot write video {target!r}: OpenCV has no encoder for it")
+        self.fourcc = fourcc
+        if ext(target) in (".mp4", ".mov") and fourcc not in BROWSER_FOURCC:
+            warn(f"this OpenCV has no H.264 encoder, so {target} is MPEG-4 Part 2 ({fourcc}), which web browsers "
+                 f"do not play; --vis OUT.webm writes VP8, which they do")
+
+    def write(self, image_rgb):
+        self.writer.write(np.ascontiguousarray(image_rgb[:, :, ::-1]))
+
+    def release(self):
+        self.writer.release()
+
+
+def _open_capture(path):
     import cv2
 
+    if is_camera(path):
+        capture = cv2.VideoCapture(int(path))
+        if not capture.isOpened():
+            capture.release()
+            raise NpvitposeError(f"cannot open camera {path}: OpenCV finds no such device")
+        return capture
     if not os.path.isfile(path):
         raise NpvitposeError(f"cannot read video {path!r}: no such file")
     capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        capture.release()
+        raise NpvitposeError(f"cannot read video {path!r}: OpenCV cannot open it")
+    return capture
+
+
+def process_video(runner, boxes, path, vis_target=None, sink=None):
+    """Every frame: boxes (from the source every det_every frames, else carried from the keypoints), poses,
+    track ids, optional smoothing; records carry `track_id`. A camera runs until Ctrl-C, which ends it cleanly."""
+    import cv2
+
+    from .tracking import Smoother, Tracker, boxes_from_keypoints
+
+    o = runner.options
+    capture = _open_capture(path)
+    camera = is_camera(path)
+    tracker = Tracker(o.track, o.track_thr, runner.sigmas)
+    smoother = Smoother() if o.smooth else None
     with contextlib.ExitStack() as stack:
         stack.callback(capture.release)
-        if not capture.isOpened():
-            raise NpvitposeError(f"cannot read video {path!r}: OpenCV cannot open it")
-        announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        announced = 0 if camera else int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = capture.get(cv2.CAP_PROP_FPS)
-        fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
-        bar = Progress(max(announced, 0) or None, os.path.basename(path), unit="frames")
-        records, index, writer = [], 0, None
+        fps = fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 25.0
+        bar = Progress(max(announced, 0) or None, os.path.basename(str(path)), unit="frames")
+        records, index, writer, carried = [], 0, None, None
         while True:
-            ok, frame = capture.read()
-            if not ok or frame is None:
-                break
-            image = np.ascontiguousarray(frame[:, :, ::-1])  # BGR -> RGB
-            found, box_scores = boxes.for_frame(index, image)
-            keypoints, scores, inst, kept = runner.predict(image, found, box_scores)
-            records.extend(runner.records(index, keypoints, scores, inst, kept))
-            if vis_target is not None:
-                if writer is None:
-                    os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)
-                    tmp = stack.enter_context(atomic_output(vis_target))  # renamed into place when all went well
-                    fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[ext(vis_target)])
-                    writer = cv2.VideoWriter(tmp, fourcc, fps, (image.shape[1], image.shape[0]))
-                    stack.callback(writer.release)  # runs before the rename
-                    if not writer.isOpened():
-                        raise NpvitposeError(f"cannot write video {vis_target!r}: OpenCV has no encoder for it")
-                writer.write(np.ascontiguousarray(runner.draw(image, keypoints, scores)[:, :, ::-1]))
+            try:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                image = np.ascontiguousarray(frame[:, :, ::-1])  # BGR -> RGB
+                if carried is not None and index % o.det_every:
+                    found, box_scores = carried
+                else:
+                    found, box_scores = boxes.for_frame(index, image)
+                keypoints, scores, inst, kept, kept_scores = runner.predict(image, found, box_scores, True)
+                ids = tracker.update(kept, keypoints)
+                if o.det_every > 1:
+                    carry, alive = boxes_from_keypoints(keypoints, scores, o.kpt_thr)
+                    carried = (carry[alive], kept_scores[alive])
+                shown = smoother(ids, keypoints) if smoother is not None else keypoints
+                frame_records = runner.records(index, shown, scores, inst, kept)
+                for record, track in zip(frame_records, ids.tolist()):
+                    record["track_id"] = track
+                if vis_target is not None:
+                    if writer is None:
+                        os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)
+                        tmp = stack.enter_context(atomic_output(vis_target))  # renamed into place if all went well
+                        writer = VideoWriter(vis_target, tmp, fps, (image.shape[1], image.shape[0]))
+                        stack.callback(writer.release)  # runs before the rename
+                    writer.write(runner.draw(image, shown, scores, kept, ids))
+            except KeyboardInterrupt:
+                if not camera:
+                    raise
+                break  # Ctrl-C is how a camera run ends: the frames done so far are written as usual
+            records.extend(frame_records)
+            if sink is not None:
+                sink({"image_id": index, "time": round(index / fps, 4)}, frame_records)
             index += 1
             bar.update()
         bar.close()
         if index == 0:
-            raise NpvitposeError(f"cannot read video {path!r}: no frame could be decoded")
+            what = f"camera {path}" if camera else f"video {path!r}"
+            raise NpvitposeError(f"cannot read {what}: no frame could be decoded")
         if announced and index < announced:
             warn(f"{path}: read {index} of {announced} announced frames")
         return records
 
 
-def process(runner, boxes, path, vis_target=None):
-    """The records of one input (an image or a video); raises NpvitposeError/OSError if it fails."""
+def process(runner, boxes, path, vis_target=None, sink=None):
+    """The records of one input (an image or a video); raises NpvitposeError/OSError if it fails.
+
+    sink(header, records), if given, receives each image's or frame's records as soon as they are made."""
     if is_video(path):
-        return process_video(runner, boxes, path, vis_target)
-    return process_image(runner, boxes, path, vis_target)
+        return process_video(runner, boxes, path, vis_target, sink)
+    return process_image(runner, boxes, path, vis_target, sink)
 
 
-def run(runner, boxes, inputs, vis=None):
+class JsonLines:
+    """Streamed results: one JSON line per image or frame, `{"image_id", "file" or "time", "people": [...]}`,
+    flushed as soon as it is made, so an interrupted run keeps every finished frame. The file is opened at
+    the first line: a run that fails before any result leaves an older file untouched."""
+
+    def __init__(self, path=None):
+        self.path, self.file = path, None  # path None: standard output
+
+    def __call__(self, header, records):
+        import json
+
+        people = [{k: v for k, v in r.items() if k != "image_id"} for r in records]
+        if self.file is None:
+            self.file = sys.stdout if self.path is None else open(self.path, "w", encoding="utf-8")
+        self.file.write(json.dumps(dict(header, people=people), separators=(",", ":")) + "\n")
+        self.file.flush()
+
+    def close(self):
+        if self.file is not None and self.file is not sys.stdout:
+            self.file.close()
+
+
+def run(runner, boxes, inputs, vis=None, sink=None):
     """Every input in order -> (records, number failed); a failing input is reported on one line and skipped."""
     vis = [None] * len(inputs) if vis is None else vis
     results, failed = [], 0
     bar = Progress(len(inputs), "images", unit="images") if len(inputs) > 1 else None
     for path, target in zip(inputs, vis):
         try:
-            results.extend(process(runner, boxes, path, target))
+            results.extend(process(runner, boxes, path, target, sink))
         except (NpvitposeError, OSError, MemoryError) as e:
             failed += 1
             if bar is not None and bar.enabled:

@@ -248,7 +248,7 @@ def test_fetch_list(capsys):
 
 
 def test_usage_errors_exit_2(capsys, model_path):
-    for argv in (["infer", "only.jpg", "--model", model_path],
+    for argv in (["infer", "a.jpg", "b.json", "--whole-image", "--model", model_path],
                  ["infer", "a.jpg", "b.json", "--model", model_path, "--bbox-thr", "-1"], ["nope"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
