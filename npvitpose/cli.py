@@ -106,6 +106,9 @@ def cmd_infer(args, parser):
         if sink is not None:
             raise NpvitposeError("streamed results (-o OUT.jsonl, a camera) are not available with --dask; "
                                  "use -o OUT.json")
+        if args.det_every > 1:
+            raise NpvitposeError("--det-every carries boxes frame to frame, in one process; it does not apply "
+                                 "with --dask")
         results, failed = _infer_dask(args, inputs, detections, targets)
     else:
         runner = run.Runner(load(model_path), _options(args))

@@ -308,11 +308,27 @@ class Detector:
             raise NpvitposeError(f"{where} takes {size[1]}x{size[0]} inputs, not multiples of 32 as YOLOX needs")
         self.exported = fixed
         self.height, self.width = int(size[0]), int(size[1])
-        try:
-            self.net = cv2.dnn.readNetFromONNX(self.path)
-        except cv2.error as e:
-            raise NpvitposeError(f"cv2.dnn {cv2.__version__} cannot load {where}: {_cv_message(e)}") from None
+        self._net = self._read_net()  # now, so a file cv2.dnn cannot read fails here
         self._dynamic = any(not isinstance(v, int) or v <= 0 for _, d in inputs + outputs for v in d)
+
+    @property
+    def net(self):
+        """The cv2.dnn network (read again after unpickling: a Dask worker receives the path, not the net)."""
+        if self._net is None:
+            self._net = self._read_net()
+        return self._net
+
+    def _read_net(self):
+        import cv2
+
+        try:
+            return cv2.dnn.readNetFromONNX(self.path)
+        except cv2.error as e:
+            raise NpvitposeError(f"cv2.dnn {cv2.__version__} cannot load detector {self.path!r}: "
+                                 f"{_cv_message(e)}") from None
+
+    def __getstate__(self):
+        return dict(self.__dict__, _net=None)
 
     def __call__(self, image, color="rgb"):
         """image: (H, W, 3) uint8 in `color` order, (H, W) grey, or a file path -> (xywh (N, 4), scores (N,))."""

@@ -225,8 +225,8 @@ def frames_task(plugin_name, options, path, start, stop, given, keep):
             _threads_here()
             for index, (found, box_scores), keypoints, scores in predict_stream(
                     plugin.model, frames(), options.flip, options.decode):
-                result = runner.finish(keypoints, scores, found, box_scores)
-                records.append(runner.records(index, *result))
+                result = runner.finish(keypoints, scores, found, box_scores, True)  # + the kept boxes' scores
+                records.append(runner.records(index, *result[:4]))
                 if keep:
                     arrays.append(result)
     finally:
@@ -448,7 +448,8 @@ class _Job:
         costs = [_cost(boxes.for_frame(i, None)[0]) for i in range(announced)]
         ranges = split(costs, workers, self.task_people) or [(0, None)]
         ranges[-1] = (ranges[-1][0], None)  # the last range reads to the end, whatever count the file announced
-        futures = [self.submit(frames_task, i, path, a, b, _frames_given(boxes, a, b), target is not None)
+        # every frame's arrays come back: tracking (run.VideoTracks) runs here, over the frames in order
+        futures = [self.submit(frames_task, i, path, a, b, _frames_given(boxes, a, b), True)
                    for i, (a, b) in enumerate(ranges)]
         frames, records, arrays = 0, [], []
         self.track(progress, announced or None, os.path.basename(path), "frames")
@@ -478,7 +479,10 @@ class _Job:
             from .messages import warn
 
             warn(f"{path}: read {frames} of {announced} announced frames")
-        return records, self.failed
+        from .run import VideoTracks
+
+        tracks = VideoTracks(Runner(model, self.options))
+        return [r for index, result in enumerate(arrays) for r in tracks.frame(index, *result)[0]], self.failed
 
 
 def _frames_given(boxes, a, b):
@@ -496,12 +500,14 @@ class _Replay:
 
     def __init__(self, runner, arrays):
         self.runner, self.arrays, self.next = runner, arrays, 0
+        self.options, self.sigmas = runner.options, runner.sigmas
 
-    def predict(self, image, boxes, box_scores):
+    def predict(self, image, boxes, box_scores, with_box_scores=False):
         if self.next >= len(self.arrays):
             raise NpvitposeError("the video gave the client more frames than it gave the workers")
         self.next += 1
-        return self.arrays[self.next - 1]
+        result = self.arrays[self.next - 1]
+        return result if with_box_scores else result[:4]
 
     def records(self, *args):
         return self.runner.records(*args)

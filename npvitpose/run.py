@@ -353,44 +353,64 @@ def _open_capture(path):
     return capture
 
 
+class VideoTracks:
+    """One video's people from frame to frame, fed every frame in order: track ids (--track), the boxes
+    --det-every carries from the keypoints, --smooth. A distributed run feeds it on the client."""
+
+    def __init__(self, runner):
+        from .tracking import Smoother, Tracker
+
+        o = runner.options
+        self.runner, self.options = runner, o
+        self.tracker = Tracker(o.track, o.track_thr, runner.sigmas)
+        self.smoother = Smoother() if o.smooth else None
+        self.carried = None  # (boxes, scores) for the next frame when it is not a detection frame
+
+    def boxes(self, index, source, image):
+        """This frame's boxes: the source's on every det_every-th frame, else those carried from the last."""
+        if self.carried is not None and index % self.options.det_every:
+            return self.carried
+        return source.for_frame(index, image)
+
+    def frame(self, index, keypoints, scores, inst, kept, kept_scores):
+        """One frame's predictions -> (its records with track_id, the keypoints to show, the track ids)."""
+        from .tracking import boxes_from_keypoints
+
+        ids = self.tracker.update(kept, keypoints)
+        if self.options.det_every > 1:
+            carry, alive = boxes_from_keypoints(keypoints, scores, self.options.kpt_thr)
+            self.carried = (carry[alive], np.asarray(kept_scores)[alive])
+        shown = self.smoother(ids, keypoints) if self.smoother is not None else keypoints
+        records = self.runner.records(index, shown, scores, inst, kept)
+        for record, track in zip(records, ids.tolist()):
+            record["track_id"] = track
+        return records, shown, ids
+
+
 def process_video(runner, boxes, path, vis_target=None, sink=None):
     """Every frame: boxes (from the source every det_every frames, else carried from the keypoints), poses,
     track ids, optional smoothing; records carry `track_id`. A camera runs until Ctrl-C, which ends it cleanly."""
     import cv2
 
-    from .tracking import Smoother, Tracker, boxes_from_keypoints
-
-    o = runner.options
     capture = _open_capture(path)
     camera = is_camera(path)
-    tracker = Tracker(o.track, o.track_thr, runner.sigmas)
-    smoother = Smoother() if o.smooth else None
+    tracks = VideoTracks(runner)
     with contextlib.ExitStack() as stack:
         stack.callback(capture.release)
         announced = 0 if camera else int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 25.0
         bar = Progress(max(announced, 0) or None, os.path.basename(str(path)), unit="frames")
-        records, index, writer, carried = [], 0, None, None
+        records, index, writer = [], 0, None
         while True:
             try:
                 ok, frame = capture.read()
                 if not ok or frame is None:
                     break
                 image = np.ascontiguousarray(frame[:, :, ::-1])  # BGR -> RGB
-                if carried is not None and index % o.det_every:
-                    found, box_scores = carried
-                else:
-                    found, box_scores = boxes.for_frame(index, image)
+                found, box_scores = tracks.boxes(index, boxes, image)
                 keypoints, scores, inst, kept, kept_scores = runner.predict(image, found, box_scores, True)
-                ids = tracker.update(kept, keypoints)
-                if o.det_every > 1:
-                    carry, alive = boxes_from_keypoints(keypoints, scores, o.kpt_thr)
-                    carried = (carry[alive], kept_scores[alive])
-                shown = smoother(ids, keypoints) if smoother is not None else keypoints
-                frame_records = runner.records(index, shown, scores, inst, kept)
-                for record, track in zip(frame_records, ids.tolist()):
-                    record["track_id"] = track
+                frame_records, shown, ids = tracks.frame(index, keypoints, scores, inst, kept, kept_scores)
                 if vis_target is not None:
                     if writer is None:
                         os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)

@@ -265,3 +265,12 @@ def test_model_call_without_boxes_runs_its_detector(files, model_path, photo):
     assert keypoints.shape == (len(boxes), 17, 2)
     np.testing.assert_array_equal(keypoints, expect_k)
     np.testing.assert_array_equal(scores, expect_s)
+
+
+def test_detector_pickles_without_its_net(files):
+    import pickle
+
+    detector = Detector(files["yolox"], score_thr=0.5)
+    clone = pickle.loads(pickle.dumps(detector))  # a Dask worker gets it this way
+    rgb = D.photos()["coffee"]
+    np.testing.assert_array_equal(clone(rgb)[0], detector(rgb)[0])
