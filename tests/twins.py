@@ -94,3 +94,36 @@ def linear(x, w, bias=None, gelu=False, residual=None):
     if residual is not None:
         y += residual
     return y
+
+
+def bf16(x):
+    """float32 -> bfloat16 (round to nearest even) -> float64, by arithmetic on frexp's mantissa, not on bits
+    (normal numbers only: bf16 keeps 8 significant bits)."""
+    x = np.asarray(x, np.float64)
+    m, e = np.frexp(x)  # x = m * 2**e, 0.5 <= |m| < 1; bf16 keeps 8 significant bits
+    return np.ldexp(np.round(m * 256.0), e - 8)  # np.round: half to even
+
+
+def int8_weight(w):
+    """Symmetric per-output-channel int8: (q (N, K), scale (N,)) with w ~ q * scale."""
+    w = np.asarray(w, np.float64)
+    scale = np.abs(w).max(1) / 127
+    scale = np.where(scale > 0, scale, 1.0)
+    return np.clip(np.round(w / scale[:, None]), -127, 127), scale
+
+
+def uint8_rows(x):
+    """Asymmetric per-row uint8 over [min(x, 0), max(x, 0)]: (u (M, K), scale (M,), zero point (M,))."""
+    x = np.asarray(x, np.float64)
+    lo, hi = np.minimum(x.min(1), 0), np.maximum(x.max(1), 0)
+    scale = np.where(hi > lo, (hi - lo) / 255, 1.0)
+    zero = np.round(-lo / scale)
+    return np.clip(np.round(x * (1 / scale)[:, None]) + zero[:, None], 0, 255), scale, zero
+
+
+def int8_linear(x, w, bias=None, gelu=False, residual=None):
+    """x @ w.T through the int8 quantisation, the integer products summed exactly (int64)."""
+    q, sw = int8_weight(w)
+    u, sx, zx = uint8_rows(x)
+    acc = (u.astype(np.int64) - zx.astype(np.int64)[:, None]) @ q.astype(np.int64).T
+    return linear(acc * (sx[:, None] * sw), np.eye(len(sw)), bias, gelu, residual)  # the epilogue on the exact sums

@@ -1,0 +1,284 @@
+"""bf16 linear layers: bf16 weights and activations, fp32 accumulation (`vdpbf16ps`), fp32 out.
+
+The contract of kernels/gemm.py (`pack_weight`, `linear`), with the weights kept only as bf16.
+- pack_weight(w): w (N, K) float32, the checkpoint's (out, in) layout, rounded to bf16 once
+  (round to nearest even) into column panels of 48 outputs: int32 lanes holding (w[n, 2k], w[n, 2k+1]).
+- linear(x, packed): activations are rounded to bf16 the same way while packed into 8-row panels;
+  every product is exact in fp32 and accumulated in fp32, so the only error is the two roundings.
+Where the CPU (or Numba's target, e.g. NUMBA_CPU_NAME=generic) lacks AVX512-BF16, the same bf16
+values are widened to fp32 and multiplied by NumPy's BLAS: the same numbers up to summation order,
+slower than fp32. `FAST` says which path runs.
+"""
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange
+from numba.core import types
+from numba.extending import intrinsic
+
+import llvmlite.binding as llvm
+
+from ._jit import jit, pjit
+from .mlp import _INV_SQRT2, _erf, bias_gelu
+
+MR, NR = 8, 48  # micro-tile: 8 rows x 48 columns = 24 zmm accumulators, no spills
+
+
+def cpu_has(feature):
+    """True when both this CPU and Numba's compile target have `feature` (compiling without it aborts LLVM)."""
+    if not numba.config.CPU_NAME or numba.config.CPU_NAME == "host":
+        return bool(llvm.get_host_cpu_features().get(feature, False))
+    return f"+{feature}" in (numba.config.CPU_FEATURES or "").split(",")  # e.g. NUMBA_CPU_NAME=generic
+
+
+FAST = cpu_has("avx512bf16")
+
+
+class PackedBF16(NamedTuple):
+    panels: np.ndarray  # (ceil(N/48), ceil(K/2), 48) int32: bf16 pairs, zero-padded
+    n: int
+    k: int
+
+
+def _round_bits(w):
+    """float32 -> bf16 bit patterns (uint32 holding 16 bits), round to nearest even; NaN stays NaN."""
+    u = np.ascontiguousarray(w, np.float32).view(np.uint32)
+    r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return np.where(np.isnan(w), (u >> np.uint32(16)) | np.uint32(0x40), r).astype(np.uint32)
+
+
+def pack_weight(w):
+    """(N, K) float32 -> PackedBF16, once at load; the fp32 array is not referenced afterwards."""
+    w = np.asarray(w)
+    if w.dtype != np.float32 or w.ndim != 2:
+        raise ValueError(f"weight must be a 2-D float32 array, got {w.dtype} {w.shape}")
+    n, k = w.shape
+    npan, kp = -(-n // NR), -(-k // 2)
+    bits = np.zeros((npan * NR, 2 * kp), np.uint32)
+    bits[:n, :k] = _round_bits(w)
+    lanes = bits[:, 0::2] | (bits[:, 1::2] << np.uint32(16))  # (N', K/2): element 2k in the low half
+    panels = np.ascontiguousarray(lanes.reshape(npan, NR, kp).transpose(0, 2, 1)).view(np.int32)
+    return PackedBF16(panels, n, k)
+
+
+def unpack_weight(packed):
+    """The bf16 weight as float32 (N, K): what the products use."""
+    lanes = packed.panels.view(np.uint32).transpose(0, 2, 1).reshape(-1, packed.panels.shape[1])
+    bits = np.empty((lanes.shape[0], 2 * lanes.shape[1]), np.uint32)
+    bits[:, 0::2] = lanes << np.uint32(16)
+    bits[:, 1::2] = lanes & np.uint32(0xFFFF0000)
+    return bits.view(np.float32)[:packed.n, :packed.k]
+
+
+def round_bf16(x):
+    """float32 values rounded to bf16 (round to nearest even), as float32."""
+    return (_round_bits(x) << np.uint32(16)).view(np.float32)
+
+
+# ---- the micro-kernel, emitted as LLVM IR (LLVM never forms vdpbf16ps from scalar code) ----
+
+class _BFloat(ir.Type):
+    """llvmlite has no bfloat type; LLVM's textual IR only needs the name."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+def _emit_tile(builder, a_ptr, b_ptr, steps, c_ptr, acc_type, lane_type, dot):
+    """Emit: C[8, 48] = sum over `steps` of A[step, 8] (broadcast lanes) x B[step, 48] with `dot`.
+
+    a_ptr, b_ptr: i32* at the start of an 8-row A panel and a 48-column B panel; c_ptr: the scratch tile.
+    """
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v16i32 = ir.VectorType(i32, 16)
+    zero = ir.Constant(acc_type, None)
+    entry = builder.block
+    loop = builder.append_basic_block("tile.loop")
+    done = builder.append_basic_block("tile.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    accs = [builder.phi(acc_type) for _ in range(MR * NR // 16)]
+    for acc in accs:
+        acc.add_incoming(zero, entry)
+    bvec_ptr = builder.bitcast(builder.gep(b_ptr, [builder.mul(k, ir.Constant(i64, NR))]), v16i32.as_pointer())
+    bs = [builder.bitcast(builder.load(builder.gep(bvec_ptr, [ir.Constant(i64, j)]), align=4), lane_type)
+          for j in range(NR // 16)]
+    arow = builder.gep(a_ptr, [builder.mul(k, ir.Constant(i64, MR))])
+    mask = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+    new = []
+    for r in range(MR):
+        s = builder.load(builder.gep(arow, [ir.Constant(i64, r)]), align=4)
+        v = builder.insert_element(ir.Constant(v16i32, None), s, ir.Constant(i32, 0))
+        a = builder.bitcast(builder.shuffle_vector(v, ir.Constant(v16i32, None), mask), lane_type)
+        for j in range(NR // 16):
+            new.append(builder.call(dot, [accs[r * (NR // 16) + j], a, bs[j]]))
+    k_next = builder.add(k, ir.Constant(i64, 1))
+    k.add_incoming(k_next, loop)
+    for acc, val in zip(accs, new):
+        acc.add_incoming(val, loop)
+    builder.cbranch(builder.icmp_signed("<", k_next, steps), loop, done)
+    builder.position_at_end(done)
+    cvec = builder.bitcast(c_ptr, acc_type.as_pointer())
+    for i, val in enumerate(new):
+        builder.store(val, builder.gep(cvec, [ir.Constant(i64, i)]), align=4)
+
+
+def tile_intrinsic(name, acc_type, lane_type):
+    """A Numba intrinsic tile(a, a_off, b, b_off, steps, c) running `name` on 8 x 48 tiles."""
+
+    @intrinsic
+    def tile(typingctx, a, a_off, b, b_off, steps, c):
+        sig = types.void(a, a_off, b, b_off, steps, c)
+
+        def codegen(context, builder, signature, args):
+            a_arr, a_off_v, b_arr, b_off_v, steps_v, c_arr = args
+            ta, _, tb, _, _, tc = signature.args
+            a_ptr = builder.gep(context.make_array(ta)(context, builder, a_arr).data, [a_off_v])
+            b_ptr = builder.gep(context.make_array(tb)(context, builder, b_arr).data, [b_off_v])
+            c_ptr = context.make_array(tc)(context, builder, c_arr).data
+            fn = ir.Function(builder.module, ir.FunctionType(acc_type, [acc_type, lane_type, lane_type]), name) \
+                if name not in builder.module.globals else builder.module.globals[name]
+            _emit_tile(builder, a_ptr, b_ptr, steps_v, c_ptr, acc_type, lane_type, fn)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile = tile_intrinsic("llvm.x86.avx512bf16.dpbf16ps.512", ir.VectorType(ir.FloatType(), 16),
+                       ir.VectorType(_BFloat(), 32))
+
+
+# ---- the GEMM: one parallel region, each task packs its own rows then sweeps every column panel ----
+
+@jit
+def gelu_value(v):
+    """Exact erf GELU of a float64 (spec 1.3), with the same fitted erf as kernels/mlp.py."""
+    return 0.5 * v * (1.0 + _erf(v * _INV_SQRT2)) if v != -np.inf else 0.0
+
+
+@jit
+def _store(tile, out, res, bias, r0, c0, rows, cols, mode):
+    """The contract's epilogue on one tile: + bias, then GELU (mode 1) or + residual (mode 2)."""
+    for r in range(rows):
+        t, o, e, b = tile[r * NR:r * NR + cols], out[r0 + r, c0:c0 + cols], res[r0 + r, c0:c0 + cols], bias[c0:c0 + cols]
+        if mode == 0:
+            for j in range(cols):
+                o[j] = t[j] + b[j]
+        elif mode == 1:
+            for j in range(cols):
+                o[j] = gelu_value(np.float64(t[j] + b[j]))
+        else:
+            for j in range(cols):
+                o[j] = t[j] + b[j] + e[j]
+
+
+@jit
+def _bf16_bits(u):
+    if (u & 0x7FFFFFFF) > 0x7F800000:  # NaN: keep it a (quiet) NaN
+        return (u >> 16) | 0x40
+    return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+
+
+@jit
+def _pack_rows(xu, r0, rows, kp, apack):
+    """Rows r0.. of x (uint32 view) -> 8-row panels of bf16 pairs, (rows/8, kp, 8) int32, zero padded."""
+    k = xu.shape[1]
+    for s in range((rows + MR - 1) // MR):
+        for r in range(MR):
+            m = s * MR + r
+            base = s * kp * MR + r
+            if m < rows:
+                for q in range(kp):
+                    lo = _bf16_bits(np.uint32(xu[r0 + m, 2 * q]))
+                    hi = _bf16_bits(np.uint32(xu[r0 + m, 2 * q + 1])) if 2 * q + 1 < k else np.uint32(0)
+                    apack[base + q * MR] = np.int32(np.uint32(lo | (hi << 16)))
+            else:
+                for q in range(kp):
+                    apack[base + q * MR] = 0
+
+
+@pjit
+def _gemm(xu, panels, n, bias, res, out, mode, chunk):
+    m = xu.shape[0]
+    npan, kp = panels.shape[0], panels.shape[1]
+    flat = panels.reshape(-1)
+    tasks = (m + chunk - 1) // chunk
+    for t in prange(tasks):
+        r0 = t * chunk
+        rows = min(chunk, m - r0)
+        nsub = (rows + MR - 1) // MR
+        apack = np.empty(nsub * kp * MR, np.int32)
+        tile = np.empty(MR * NR, np.float32)
+        _pack_rows(xu, r0, rows, kp, apack)
+        for p in range(npan):
+            cols = min(NR, n - p * NR)
+            for s in range(nsub):
+                _tile(apack, s * kp * MR, flat, p * kp * NR, kp, tile)
+                _store(tile, out, res, bias, r0 + s * MR, p * NR, min(MR, rows - s * MR), cols, mode)
+
+
+def chunk_rows(m, max_chunk=96):
+    """Rows per parallel task: a multiple of 8, at most `max_chunk`, tasks a multiple of the thread count."""
+    t = numba.get_num_threads()
+    tasks = max(t, -(-m // max_chunk))
+    tasks = -(-tasks // t) * t
+    per_task = -(-m // tasks)
+    return -(-per_task // MR) * MR
+
+
+def check_call(x, n, k, bias, residual, out, gelu):
+    """The contract's argument checks, shared by the reduced-precision kernels; returns (bias, residual, out, mode)."""
+    if x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous:
+        raise ValueError(f"x must be a C-contiguous 2-D float32 array, got {x.dtype} {x.shape}")
+    if x.shape[1] != k:
+        raise ValueError(f"x has {x.shape[1]} columns, the weight expects {k}")
+    if gelu and residual is not None:
+        raise ValueError("gelu and residual are exclusive epilogues")
+    m = x.shape[0]
+    if out is None:
+        out = np.empty((m, n), np.float32)
+    elif out.dtype != np.float32 or out.shape != (m, n) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(m, n)}")
+    bias = np.zeros(n, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(n)
+    mode = 1 if gelu else 2 if residual is not None else 0
+    if residual is None:
+        residual = out
+    elif residual.dtype != np.float32 or residual.shape != (m, n) or not residual.flags.c_contiguous:
+        raise ValueError(f"residual must be a C-contiguous float32 array of shape {(m, n)}")
+    return bias, residual, out, mode
+
+
+def epilogue(y, bias, residual, out, mode):
+    """The fallbacks' epilogue in NumPy, the fast kernels' in float32 as well: out = y + bias (GELU | + residual)."""
+    if mode == 1:
+        bias_gelu(y, bias)
+    else:
+        y += bias
+        if mode == 2:
+            y += residual
+    out[...] = y
+    return out
+
+
+def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
+    """out = bf16(x) @ bf16(w).T + bias, then GELU or + residual; x (M, K) float32 -> (M, N) float32."""
+    bias, residual, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
+    if x.shape[0] == 0:
+        return out
+    if FAST:
+        _gemm(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode, chunk_rows(x.shape[0]))
+        return out
+    return epilogue(round_bf16(x) @ unpack_weight(packed).T, bias, residual, out, mode)

@@ -1,0 +1,180 @@
+"""int8 linear layers: u8 x s8 products with int32 accumulation (`vpdpbusd`), fp32 out.
+
+The contract of kernels/gemm.py (`pack_weight`, `linear`), with int8 weights and activations.
+- pack_weight(w): per-output-channel scale sw[n] = max|w[n, :]| / 127, q = rint(w / sw) in [-127, 127],
+  packed into 48-column panels of int32 lanes holding 4 consecutive k; colsum[n] = sum_k q[n, k].
+- linear(x, packed): per-row asymmetric activation scale: s = (max(x, 0) - min(x, 0)) / 255,
+  zero point z = rint(-min / s), u = clip(rint(x / s) + z, 0, 255), so x ~ s * (u - z). Asymmetric
+  (rather than u = q + 128) because post-GELU rows are one-sided: it doubles their resolution.
+  acc = sum_k u * q exactly in int32 (|acc| <= 255 * 127 * K < 2^31 up to K = 66000; weights wider than 33000 inputs are refused), then
+  out = s * sw[n] * (acc - z * colsum[n]) + bias.
+Where the CPU (or Numba's target) lacks AVX512-VNNI, the same integers are multiplied by NumPy's
+float64 BLAS, exact for these sizes: the same numbers, slower than fp32. `FAST` says which path runs.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from llvmlite import ir
+from numba import prange
+
+from ._jit import jit, pjit
+from .gemm_bf16 import MR, NR, check_call, chunk_rows, cpu_has, epilogue, gelu_value, tile_intrinsic
+
+FAST = cpu_has("avx512vnni")
+
+
+class PackedInt8(NamedTuple):
+    panels: np.ndarray  # (ceil(N/48), ceil(K/4), 48) int32: 4 s8 per lane, zero-padded
+    scale: np.ndarray  # (N,) float64: per-output-channel weight scale
+    colsum: np.ndarray  # (N,) int32: sum_k q[n, k], for the activations' zero point
+    n: int
+    k: int
+
+
+def quantize_weight(w):
+    """(N, K) float32 -> (q (N, K) int8, scale (N,) float64), symmetric per output channel."""
+    w = np.asarray(w, np.float64)
+    scale = np.abs(w).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    return np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def pack_weight(w):
+    """(N, K) float32 -> PackedInt8, once at load; the fp32 array is not referenced afterwards."""
+    w = np.asarray(w)
+    if w.dtype != np.float32 or w.ndim != 2:
+        raise ValueError(f"weight must be a 2-D float32 array, got {w.dtype} {w.shape}")
+    n, k = w.shape
+    if k > 33000:
+        raise ValueError(f"{k} inputs: the int32 sums could overflow beyond 33000")
+    q, scale = quantize_weight(w)
+    npan, kq = -(-n // NR), -(-k // 4)
+    padded = np.zeros((npan * NR, 4 * kq), np.int8)
+    padded[:n, :k] = q
+    lanes = padded.view(np.int32)  # (N', K/4): bytes k..k+3 of one lane, little-endian like vpdpbusd reads them
+    panels = np.ascontiguousarray(lanes.reshape(npan, NR, kq).transpose(0, 2, 1))
+    return PackedInt8(panels, scale, q.sum(axis=1, dtype=np.int32), n, k)
+
+
+def unpack_weight(packed):
+    """The int8 weight (N, K) as stored (without its scale)."""
+    lanes = np.ascontiguousarray(packed.panels.transpose(0, 2, 1)).reshape(-1, packed.panels.shape[1])
+    return lanes.view(np.int8)[:packed.n, :packed.k]
+
+
+@jit
+def _row_scale(x, r):
+    """Scale and zero point of row r: the range [min(x, 0), max(x, 0)] mapped onto 0..255."""
+    lo, hi = 0.0, 0.0
+    for j in range(x.shape[1]):
+        v = np.float64(x[r, j])
+        lo = min(lo, v)
+        hi = max(hi, v)
+    s = (hi - lo) / 255.0
+    if not s > 0.0 or s == np.inf:  # an all-zero row (or NaN/inf, which linear() refuses beforehand)
+        s = 1.0
+    return s, np.rint(-lo / s)
+
+
+def quantize_rows(x):
+    """NumPy form of the activations' quantisation: (u (M, K) uint8, s (M,), z (M,)) as the kernel makes them."""
+    x = np.asarray(x, np.float64)
+    lo, hi = np.minimum(x.min(axis=1), 0.0), np.maximum(x.max(axis=1), 0.0)
+    s = (hi - lo) / 255.0
+    s[~(s > 0) | (s == np.inf)] = 1.0
+    z = np.rint(-lo / s)
+    u = np.clip(np.rint(x * (1.0 / s)[:, None]) + z[:, None], 0, 255).astype(np.uint8)
+    return u, s, z
+
+
+@jit
+def _pack_rows(x, r0, rows, kq, apack, sz):
+    """Rows r0.. of x -> 8-row panels of 4 u8 per lane, (rows/8, kq, 8) int32; sz[i] = (scale, zero point)."""
+    k = x.shape[1]
+    for s in range((rows + MR - 1) // MR):
+        for r in range(MR):
+            m = s * MR + r
+            base = s * kq * MR + r
+            if m >= rows:
+                for q in range(kq):
+                    apack[base + q * MR] = 0
+                continue
+            scale, zp = _row_scale(x, r0 + m)
+            sz[m, 0], sz[m, 1] = scale, zp
+            inv = 1.0 / scale
+            for q in range(kq):
+                lane = 0
+                for b in range(4):
+                    j = 4 * q + b
+                    u = 0
+                    if j < k:
+                        u = int(min(max(np.rint(np.float64(x[r0 + m, j]) * inv) + zp, 0.0), 255.0))
+                    lane |= u << (8 * b)
+                apack[base + q * MR] = np.int32(np.uint32(lane))
+
+
+@jit
+def _store(tile, sz, out, res, bias, scale, colsum, r0, c0, rows, cols, mode):
+    """out = s * sw * (acc - z * colsum) + bias, then GELU (mode 1) or + residual (mode 2); sz from row r0."""
+    for r in range(rows):
+        s, zp = sz[r, 0], np.int32(sz[r, 1])
+        t, o, e = tile[r * NR:r * NR + cols], out[r0 + r, c0:c0 + cols], res[r0 + r, c0:c0 + cols]
+        sw, cs, b = scale[c0:c0 + cols], colsum[c0:c0 + cols], bias[c0:c0 + cols]
+        # |acc - z * colsum| <= 2 * 255 * 127 * K: exact in int32 for K up to 33000
+        if mode == 0:
+            for j in range(cols):
+                o[j] = np.float64(t[j] - zp * cs[j]) * (s * sw[j]) + b[j]
+        elif mode == 1:
+            for j in range(cols):
+                o[j] = gelu_value(np.float64(t[j] - zp * cs[j]) * (s * sw[j]) + b[j])
+        else:
+            for j in range(cols):
+                o[j] = np.float64(t[j] - zp * cs[j]) * (s * sw[j]) + b[j] + e[j]
+
+
+_tile = tile_intrinsic("llvm.x86.avx512.vpdpbusd.512", ir.VectorType(ir.IntType(32), 16),
+                       ir.VectorType(ir.IntType(8), 64))
+
+
+@pjit
+def _gemm(x, panels, scale, colsum, n, bias, res, out, mode, chunk):
+    m = x.shape[0]
+    npan, kq = panels.shape[0], panels.shape[1]
+    flat = panels.reshape(-1)
+    tasks = (m + chunk - 1) // chunk
+    for t in prange(tasks):
+        r0 = t * chunk
+        rows = min(chunk, m - r0)
+        nsub = (rows + MR - 1) // MR
+        apack = np.empty(nsub * kq * MR, np.int32)
+        sz = np.empty((rows, 2), np.float64)
+        tile = np.empty(MR * NR, np.int32)
+        _pack_rows(x, r0, rows, kq, apack, sz)
+        for p in range(npan):
+            cols = min(NR, n - p * NR)
+            for s in range(nsub):
+                _tile(apack, s * kq * MR, flat, p * kq * NR, kq, tile)
+                _store(tile, sz[s * MR:], out, res, bias, scale, colsum, r0 + s * MR, p * NR,
+                       min(MR, rows - s * MR), cols, mode)
+
+
+def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
+    """out = dequant(quant(x) @ quant(w).T) + bias, then GELU or + residual; x (M, K) float32 -> (M, N)."""
+    bias, res, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
+    if x.shape[0] == 0:
+        return out
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
+        linear(np.where(bad[:, None], np.float32(0), x), packed, bias, gelu=gelu, residual=residual, out=out)
+        out[bad] = np.nan
+        return out
+    residual = res
+    if FAST:
+        _gemm(x, packed.panels, packed.scale, packed.colsum, packed.n, bias, residual, out, mode,
+              chunk_rows(x.shape[0]))
+        return out
+    u, s, z = quantize_rows(x)
+    acc = u.astype(np.float64) @ unpack_weight(packed).astype(np.float64).T  # exact: integers below 2^53
+    y = (acc - z[:, None] * packed.colsum) * (s[:, None] * packed.scale)
+    return epilogue(y.astype(np.float32), bias, residual, out, mode)

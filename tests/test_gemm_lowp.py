@@ -1,0 +1,135 @@
+"""bf16 and int8 linear layers against their NumPy twins; the fallbacks in a process without the instructions."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import twins
+from npvitpose.kernels import gemm_bf16, gemm_int8
+
+ROOT = Path(__file__).resolve().parents[1]
+rng = np.random.default_rng(8)
+# (M, K, N): tails of every blocking (8 rows, 48 columns, 2 or 4 inputs per lane) and one ViT-S shape
+SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 50), (20, 66, 97), (192, 384, 1152)]
+
+
+def case(m, k, n, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((m, k)).astype(np.float32)
+    w = (r.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    return x, w, r.standard_normal(n).astype(np.float32), r.standard_normal((m, n)).astype(np.float32)
+
+
+def rel(a, b):
+    return np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+def test_bf16_rounding_matches_torch_and_twin():
+    x = (rng.standard_normal(100_000) * np.exp(rng.uniform(-30, 30, 100_000))).astype(np.float32)
+    bits = x.view(np.uint32)
+    x[:1000] = ((bits[:1000] & 0xFFFF0000) | 0x8000).view(np.float32)  # exact ties: to even
+    expected = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    assert np.array_equal(gemm_bf16.round_bf16(x), expected)
+    assert np.array_equal(twins.bf16(x), expected)
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)
+    got = gemm_bf16.round_bf16(special)
+    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2]) and got[3] == 0 and np.signbit(got[4])
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("epilogue", ["bias", "gelu", "residual"])
+def test_bf16_linear_matches_twin(m, k, n, epilogue):
+    x, w, b, res = case(m, k, n)
+    packed = gemm_bf16.pack_weight(w)
+    kw = {"gelu": epilogue == "gelu", "residual": res if epilogue == "residual" else None}
+    got = gemm_bf16.linear(x, packed, b, **kw)
+    tw = dict(gelu=kw["gelu"], residual=kw["residual"])
+    ref = twins.linear(twins.bf16(x), twins.bf16(w), b, **tw)
+    # exact bf16 products, fp32 sums: a few fp32 roundings of the partial sums
+    assert rel(got, ref) < 2e-6
+    if k > 8:  # and bf16 it is: the fp32 product is ~1e-3 away
+        assert rel(got, twins.linear(x, w, b, **tw)) > 1e-4
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("epilogue", ["bias", "gelu", "residual"])
+def test_int8_linear_matches_twin(m, k, n, epilogue):
+    x, w, b, res = case(m, k, n, seed=1)
+    packed = gemm_int8.pack_weight(w)
+    q, sw = twins.int8_weight(w)
+    assert np.array_equal(gemm_int8.unpack_weight(packed), q) and np.array_equal(packed.scale, sw)
+    u, s, z = gemm_int8.quantize_rows(x)
+    tu, ts, tz = twins.uint8_rows(x)
+    assert np.array_equal(u, tu) and np.array_equal(s, ts) and np.array_equal(z, tz)
+    kw = {"gelu": epilogue == "gelu", "residual": res if epilogue == "residual" else None}
+    got = gemm_int8.linear(x, packed, b, **kw)
+    # the integer sums are exact: only the final fp32 rounding differs (one unit of acc is ~3e-5 relative)
+    assert rel(got, twins.int8_linear(x, w, b, kw["gelu"], kw["residual"])) < 1e-6
+
+
+@pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
+def test_residual_in_place_and_no_bias(module):
+    x, w, _, res = case(40, 64, 100, seed=2)
+    packed = module.pack_weight(w)
+    expected = res + module.linear(x, packed)
+    stream = res.copy()
+    assert module.linear(x, packed, residual=stream, out=stream) is stream
+    np.testing.assert_allclose(stream, expected, rtol=1e-6, atol=1e-6)
+    assert module.linear(x[:0], packed).shape == (0, 100)
+
+
+def test_int8_outlier_rows_and_nan():
+    x, w, b, _ = case(16, 64, 48, seed=3)
+    x[3, 5] = 1e4  # one outlier costs its own row's resolution, never another row's
+    x[7, 0] = np.nan
+    got = gemm_int8.linear(x, gemm_int8.pack_weight(w), b)
+    assert np.isnan(got[7]).all() and np.isfinite(np.delete(got, 7, 0)).all()
+    ok = np.delete(np.arange(16), [3, 7])
+    ref = twins.linear(x[ok], w, b)
+    assert rel(got[ok], ref) < 2e-2
+
+
+@pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
+def test_bad_arguments(module):
+    x, w, b, _ = case(8, 16, 8)
+    packed = module.pack_weight(w)
+    with pytest.raises(ValueError):
+        module.linear(x.astype(np.float64), packed)
+    with pytest.raises(ValueError):
+        module.linear(x[:, :8].copy(), packed)
+    with pytest.raises(ValueError):
+        module.linear(x, packed, gelu=True, residual=np.zeros((8, 8), np.float32))
+    with pytest.raises(ValueError):
+        module.pack_weight(w.astype(np.float64))
+
+
+_CHILD = """
+import json, sys
+import numpy as np
+from npvitpose.kernels import gemm_bf16, gemm_int8
+x, w, b = (np.load(sys.argv[1])[k] for k in ("x", "w", "b"))
+np.savez(sys.argv[2], bf16=gemm_bf16.linear(x, gemm_bf16.pack_weight(w), b, gelu=True),
+         int8=gemm_int8.linear(x, gemm_int8.pack_weight(w), b, gelu=True))
+print(json.dumps([gemm_bf16.FAST, gemm_int8.FAST]))
+"""
+
+
+def test_fallbacks_without_the_instructions(tmp_path):
+    """NUMBA_CPU_NAME=generic: the intrinsics are never compiled (that would abort), the results stay."""
+    x, w, b, _ = case(30, 70, 60, seed=4)
+    np.savez(tmp_path / "in.npz", x=x, w=w, b=b)
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == [False, False]
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out["bf16"], twins.linear(twins.bf16(x), twins.bf16(w), b, True), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(out["int8"], twins.int8_linear(x, w, b, True), rtol=0, atol=2e-6)
