@@ -18,6 +18,7 @@ import numpy as np
 from llvmlite import ir
 from numba import prange
 
+from . import gemm
 from ._jit import jit, pjit
 from .gemm_bf16 import MR, NR, check_call, chunk_rows, cpu_has, epilogue, gelu_value, tile_intrinsic
 
@@ -160,7 +161,12 @@ def _gemm(x, panels, scale, colsum, n, bias, res, out, mode, chunk):
 
 
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
-    """out = dequant(quant(x) @ quant(w).T) + bias, then GELU or + residual; x (M, K) float32 -> (M, N)."""
+    """out = dequant(quant(x) @ quant(w).T) + bias, then GELU or + residual; x (M, K) float32 -> (M, N).
+
+    A weight packed by kernels/gemm.py (a layer an int8 model keeps in fp32) goes to its fp32 product.
+    """
+    if not isinstance(packed, PackedInt8):
+        return gemm.linear(x, packed, bias, gelu=gelu, residual=residual, out=out)
     bias, res, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
     if x.shape[0] == 0:
         return out

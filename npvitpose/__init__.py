@@ -14,16 +14,18 @@ from .errors import NpvitposeError  # noqa: E402
 from .model import VARIANTS, Config, Model  # noqa: E402
 
 
-def load(path, mmap=False):
+def load(path, mmap=False, precision="fp32"):
     """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
 
     A published model name (`npvitpose fetch --list`, e.g. "vitpose-b") loads from the cache, where it
     is downloaded and converted on first use. mmap=True maps the weights read-only instead of reading
     them: processes loading the same file share its pages, at the price of slower small batches.
+    precision: "fp32" (default, exact), "bf16" or "int8" for the linear layers (README "Precision").
     """
     from . import fetch, model
 
-    return model.load(fetch.resolve(path), mmap=mmap)
+    model._check_precision(precision)  # before any download
+    return model.load(fetch.resolve(path), mmap=mmap, precision=precision)
 
 
 __all__ = ["Config", "Detector", "Model", "NpvitposeError", "VARIANTS", "load"]

@@ -10,7 +10,7 @@ import numpy as np
 from . import meta as metadata
 from . import threads
 from .errors import NpvitposeError
-from .kernels import gemm
+from .kernels import gemm, gemm_bf16, gemm_int8
 from .kernels.attention import attention
 from .kernels.head import conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4, upsample4_conv3x3
 from .kernels.layernorm import layernorm
@@ -22,6 +22,12 @@ FORMAT_VERSION = metadata.FORMAT_VERSION
 MAX_WEIGHT = 1e6  # |value| bound of any weight, checked at load
 HEIGHT, WIDTH = 256, 192  # spec 1.2: the position table only fits 256x192 crops
 DECONV = 256  # spec 2.1: classic head deconv filters
+# the arithmetic of the linear layers, chosen at load (the .npz stays fp32); see README "Precision"
+PRECISIONS = {"fp32": gemm, "bf16": gemm_bf16, "int8": gemm_int8}
+INT8_IN_FP32 = ()  # layers an int8 model keeps in fp32: none, measured by tools/drift.py --study (README)
+# int8: the layer norm feeding these layers hands its per-channel gain to the weight's columns (SmoothQuant's
+# migration, exact in real arithmetic), so a few large-gain channels no longer stretch every row's int8 range
+INT8_SMOOTHED = {"attn.qkv.weight": "norm1", "mlp.fc1.weight": "norm2"}
 
 
 @dataclass(frozen=True)
@@ -95,15 +101,18 @@ def random_weights(cfg, seed=0):
 class Model:
     """A loaded ViTPose: `forward` maps normalised crops to heatmaps; calling it runs the whole pipeline."""
 
-    def __init__(self, weights, meta):
+    def __init__(self, weights, meta, precision="fp32"):
+        self.precision = _check_precision(precision)
         self.meta = dict(meta)
         self.config = _config_from_meta(self.meta, weights)
         self.num_keypoints = self.config.num_keypoints
         _validate(weights, self.config)
-        self.weights = weights
+        self.weights = weights if precision == "fp32" else dict(weights)  # int8 rescales its layer norms
         self._lock = threading.Lock()  # one forward at a time: each already uses every core
-        self._gemm = gemm  # the precision module every linear layer goes through (pack_weight / linear)
+        self._gemm = PRECISIONS[self.precision]  # the module every linear layer goes through (pack_weight / linear)
         self._prepare()
+        if precision != "fp32":  # keep only the packed panels of the linear layers, and free the .npz block
+            self.weights = {k: np.array(v) for k, v in self.weights.items() if k not in self._linear}
 
     def _prepare(self):
         """Lay out, once, what the forward needs in GEMM-ready form; the names stay the checkpoint's."""
@@ -125,8 +134,23 @@ class Model:
             self._final_w = conv3x3_weight(w["keypoint_head.final_layer.weight"])
 
     def _pack(self, key):
-        """The packed form of the linear weight under checkpoint name `key`, for self._gemm.linear."""
-        return self._gemm.pack_weight(self.weights[key])
+        """One linear layer's weight packed for this precision (int8: INT8_IN_FP32 and INT8_SMOOTHED)."""
+        w = self.weights[key]
+        if self.precision != "int8":
+            return self._gemm.pack_weight(w)
+        if key.endswith(INT8_IN_FP32):
+            return gemm.pack_weight(np.array(w))  # a copy: the .npz block is freed
+        kind = key.split(".", 3)[3]  # backbone.blocks.{i}.attn.qkv.weight -> attn.qkv.weight
+        if kind in INT8_SMOOTHED:
+            norm = key[:-len(kind)] + INT8_SMOOTHED[kind]
+            gain, shift = self.weights[norm + ".weight"], self.weights[norm + ".bias"]
+            # the norm's output range per channel (a normalised value spans about +-4) against the column's
+            spread, column = 4.0 * np.abs(gain) + np.abs(shift), np.abs(w).max(axis=0)
+            s = np.where((spread > 0) & (column > 0), np.sqrt(spread / np.maximum(column, 1e-30)), 1.0)
+            s = s.astype(np.float32)
+            self.weights[norm + ".weight"], self.weights[norm + ".bias"] = gain / s, shift / s
+            w = w * s
+        return gemm_int8.pack_weight(w)
 
     def forward(self, pixels, taps=None):
         """pixels (B, 3, 256, 192) float32, normalised RGB -> heatmaps (B, K, 64, 48) float32."""
@@ -215,6 +239,12 @@ def _tap(taps, name, x, b):
         taps[name] = x.reshape(b, -1, x.shape[-1]).copy()
 
 
+def _check_precision(precision):
+    if precision not in PRECISIONS:
+        raise NpvitposeError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def _check_pixels(pixels):
     pixels = np.asarray(pixels)
     if pixels.ndim != 4 or pixels.shape[1:] != (3, HEIGHT, WIDTH):
@@ -251,18 +281,21 @@ def _validate(weights, cfg):
             raise NpvitposeError(f"weight {key!r} holds a negative variance")
 
 
-def from_weights(weights, meta):
+def from_weights(weights, meta, precision="fp32"):
     """A Model from a dict of float32 arrays under official names and its metadata dict."""
-    return Model(weights, meta)
+    return Model(weights, meta, precision)
 
 
-def load(path, mmap=False):
+def load(path, mmap=False, precision="fp32"):
     """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
 
     mmap=True maps the weights read-only instead of reading them: processes loading the same file
     share its pages, at the price of slower small batches (4 KiB pages, see npvitpose/npz.py).
+
+    precision: "fp32" (default, exact), "bf16" or "int8" for the linear layers, opt-in (README "Precision").
     """
     path = os.fspath(path)
+    _check_precision(precision)
     if os.path.isdir(path) or path.endswith((".pth", ".safetensors")):
         raise NpvitposeError(
             f"{path}: a checkpoint, not a converted model; run `npvitpose convert {path} -o MODEL.npz`")
@@ -270,7 +303,7 @@ def load(path, mmap=False):
     if "__meta__" not in arrays:
         raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
     try:
-        return Model(arrays, metadata.parse(arrays.pop("__meta__")))
+        return Model(arrays, metadata.parse(arrays.pop("__meta__")), precision)
     except NpvitposeError as e:
         raise NpvitposeError(f"{path}: {e}") from None
 
