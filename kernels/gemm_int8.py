@@ -23,6 +23,7 @@ from ._jit import jit, pjit
 from .gemm_bf16 import MR, NR, check_call, chunk_rows, cpu_has, epilogue, gelu_value, tile_intrinsic
 
 FAST = cpu_has("avx512vnni")
+INSTRUCTION = "vpdpbusd"  # what FAST runs; the fallback widens to NumPy's BLAS
 
 
 class PackedInt8(NamedTuple):

@@ -12,16 +12,18 @@ import numpy as np
 
 from . import model as model_mod
 from . import threads
+from .errors import NpvitposeError
+from .model import kernel_name
 
 # the kernels the forward calls by name; everything else in a forward is BLAS matrix products and glue
 _KERNELS = ("im2col", "layernorm", "attention", "deconv4x4s2", "upsample4", "upsample4_conv3x3")
 
 
-def build(variant="vitpose-b", head="classic", num_keypoints=17, seed=0):
+def build(variant="vitpose-b", head="classic", num_keypoints=17, seed=0, precision="fp32"):
     """A Model with random weights of a named variant's shapes."""
     cfg = dataclasses.replace(model_mod.VARIANTS[variant], head=head, num_keypoints=num_keypoints)
     meta = dict(dataclasses.asdict(cfg), dataset="coco", mode="udp")
-    return model_mod.from_weights(model_mod.random_weights(cfg, seed), meta)
+    return model_mod.from_weights(model_mod.random_weights(cfg, seed), meta, precision)
 
 
 def time_forward(model, batch, repeats=3, warmup=1):
@@ -105,30 +107,77 @@ def profile(model, batch, repeats=3):
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", default="vitpose-b", choices=sorted(model_mod.VARIANTS),
-                        help="variant whose shapes to benchmark (random weights, nothing downloaded)")
+    parser.add_argument("--model", default="vitpose-b",
+                        help=f"variant whose shapes to benchmark ({', '.join(model_mod.VARIANTS)}: random weights, "
+                             "nothing downloaded); with --compare also a converted .npz or a published name")
     parser.add_argument("--head", default="classic", choices=("classic", "simple"))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="batch sizes (crops per forward)")
     parser.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and all cores)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also print where the time of one forward goes")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(model_mod.PRECISIONS),
+                        help="arithmetic of the linear layers; several are timed side by side")
+    parser.add_argument("--compare", nargs=2, metavar=("IMAGE", "BOXES"),
+                        help="instead of timing: drift of each --precision against fp32 on this image and boxes "
+                             "JSON; --model may then be your converted .npz (or a published name)")
+    parser.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh", help="of --compare's boxes")
+
+
+def compare(args):
+    """Drift of each precision against fp32 through the whole pipeline, on the user's model and picture."""
+    import os
+
+    from . import drift, fetch
+    from .boxes import load_boxes
+    from .images import read_image
+
+    image_path, boxes_path = args.compare
+    boxes, _ = load_boxes(boxes_path, args.box_format, image_name=image_path)
+    image = read_image(image_path)
+    random = args.model in model_mod.VARIANTS and not os.path.exists(args.model)
+    if random:
+        path = None
+        print(f"{args.model}: random weights (pass a converted .npz as --model for your own): their heatmaps "
+              "have no clear peaks, so keypoint moves overstate what a trained model does")
+    else:
+        path = fetch.resolve(args.model)
+    cases = [(image, boxes)]
+
+    def make(precision):
+        return build(args.model, args.head, precision=precision) if random else model_mod.load(path, precision=precision)
+
+    reference = drift.pipeline_outputs(make("fp32"), cases)
+    print(f"{len(boxes)} boxes on {image_path}; against fp32:")
+    print(f"| precision | {drift.HEADER} |")
+    for precision in args.precision:
+        if precision != "fp32":
+            print(f"| {precision} | {drift.measure(reference, drift.pipeline_outputs(make(precision), cases)).row()} |")
+    return 0
 
 
 def main(args):
     import numba
 
+    if args.compare:
+        return compare(args)
+    if args.model not in model_mod.VARIANTS:
+        raise NpvitposeError(f"--model {args.model!r}: timing uses random weights of {', '.join(model_mod.VARIANTS)}")
     counts = args.threads or sorted({1, numba.config.NUMBA_NUM_THREADS})
-    model = build(args.model, args.head)
+    models = {p: build(args.model, args.head, precision=p) for p in args.precision}
+    model = models.get("fp32") or build(args.model, args.head)  # the roofline reads the fp32 weights
     cfg = model.config
-    print(f"{args.model} ({args.head} head), {cfg.depth} blocks of width {cfg.dim}; random weights")
-    print(f"{'threads':>7} {'batch':>5} {'ms/crop':>9} {'crops/s':>8} {'GEMM roofline ms/crop':>22} {'of roofline':>11}")
+    print(f"{args.model} ({args.head} head), {cfg.depth} blocks of width {cfg.dim}; random weights; "
+          + ", ".join(f"{p}: {kernel_name(p)}" for p in models))
+    print(f"{'threads':>7} {'batch':>5} {'precision':>9} {'ms/crop':>9} {'crops/s':>8} {'GEMM roofline ms/crop':>22}"
+          f" {'of roofline':>11}")
     for n in counts:
         threads.set_threads(n)
         for batch in args.batch:
-            med, _, _ = time_forward(model, batch, args.repeats)
             roof = gemm_roofline(model, batch)
-            print(f"{n:>7} {batch:>5} {1e3 * med / batch:>9.1f} {batch / med:>8.2f} {1e3 * roof / batch:>22.1f}"
-                  f" {roof / med:>10.0%}")
+            for p, m in models.items():
+                med, _, _ = time_forward(m, batch, args.repeats)
+                print(f"{n:>7} {batch:>5} {p:>9} {1e3 * med / batch:>9.1f} {batch / med:>8.2f}"
+                      f" {1e3 * roof / batch:>22.1f} {roof / med:>10.0%}")
     if args.profile:
         batch = args.batch[-1]
         total, rows = profile(model, batch)

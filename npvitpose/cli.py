@@ -76,7 +76,7 @@ def _boxes_source(args, parser, inputs):
 
 def cmd_infer(args, parser):
     from . import fetch, run
-    from .model import load
+    from .model import kernel_name, load
 
     # the last PATH is the boxes file when it is .json; without one a person detector finds the boxes
     args.boxes = args.paths[-1] if len(args.paths) > 1 and args.paths[-1].lower().endswith(".json") else None
@@ -109,9 +109,14 @@ def cmd_infer(args, parser):
         if args.det_every > 1:
             raise NpvitposeError("--det-every carries boxes frame to frame, in one process; it does not apply "
                                  "with --dask")
+        if args.precision != "fp32":
+            raise NpvitposeError("--precision with --dask: the workers load fp32 only, for now")
         results, failed = _infer_dask(args, inputs, detections, targets)
     else:
-        runner = run.Runner(load(model_path), _options(args))
+        model = load(model_path, precision=args.precision)
+        if model.precision != "fp32" and not model._gemm.FAST:
+            warn(f"--precision {args.precision}: {kernel_name(args.precision)}")
+        runner = run.Runner(model, _options(args))
         try:
             results, failed = run.run(runner, detections, inputs, targets, sink)
         finally:
@@ -285,6 +290,8 @@ def build_parser():
     g = p.add_argument_group("drawing")
     g.add_argument("--draw-bbox", action="store_true", help="outline each person's box")
     g.add_argument("--skeleton-style", choices=("mmpose", "openpose"), default="mmpose")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="arithmetic of the linear layers: fp32 (exact, default), bf16 or int8 (faster, drift: README)")
     p.set_defaults(run=cmd_infer)
 
     p = sub.add_parser("fetch", help="download and convert a published checkpoint into the cache")

@@ -239,6 +239,14 @@ def _tap(taps, name, x, b):
         taps[name] = x.reshape(b, -1, x.shape[-1]).copy()
 
 
+def kernel_name(precision):
+    """What runs the linear layers at this precision on this CPU, e.g. "int8: vpdpbusd"."""
+    if precision == "fp32":
+        return "fp32"
+    module = PRECISIONS[_check_precision(precision)]
+    return f"{precision} ({module.INSTRUCTION if module.FAST else module.INSTRUCTION + ' missing: emulated, slower than fp32'})"
+
+
 def _check_precision(precision):
     if precision not in PRECISIONS:
         raise NpvitposeError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")

@@ -1,5 +1,6 @@
 """bf16 and int8 linear layers against their NumPy twins; the fallbacks in a process without the instructions."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+import npvitpose
 import twins
 from npvitpose.kernels import gemm_bf16, gemm_int8
+from npvitpose.model import Config, random_weights, save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 rng = np.random.default_rng(8)
@@ -112,10 +115,12 @@ def test_bad_arguments(module):
 _CHILD = """
 import json, sys
 import numpy as np
+import npvitpose
 from npvitpose.kernels import gemm_bf16, gemm_int8
-x, w, b = (np.load(sys.argv[1])[k] for k in ("x", "w", "b"))
+x, w, b, pixels = (np.load(sys.argv[1])[k] for k in ("x", "w", "b", "pixels"))
 np.savez(sys.argv[2], bf16=gemm_bf16.linear(x, gemm_bf16.pack_weight(w), b, gelu=True),
-         int8=gemm_int8.linear(x, gemm_int8.pack_weight(w), b, gelu=True))
+         int8=gemm_int8.linear(x, gemm_int8.pack_weight(w), b, gelu=True),
+         **{"model_" + p: npvitpose.load(sys.argv[3], precision=p).forward(pixels) for p in ("bf16", "int8")})
 print(json.dumps([gemm_bf16.FAST, gemm_int8.FAST]))
 """
 
@@ -123,13 +128,22 @@ print(json.dumps([gemm_bf16.FAST, gemm_int8.FAST]))
 def test_fallbacks_without_the_instructions(tmp_path):
     """NUMBA_CPU_NAME=generic: the intrinsics are never compiled (that would abort), the results stay."""
     x, w, b, _ = case(30, 70, 60, seed=4)
-    np.savez(tmp_path / "in.npz", x=x, w=w, b=b)
+    cfg = Config(dim=64, depth=1, heads=2, mlp_hidden=128, head="simple")
+    meta = dict(dataclasses.asdict(cfg), dataset="coco", mode="udp")
+    save_npz(tmp_path / "m.npz", random_weights(cfg), meta)
+    pixels = np.random.default_rng(5).standard_normal((2, 3, 256, 192)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x, w=w, b=b, pixels=pixels)
     env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz"),
+                           str(tmp_path / "m.npz")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == [False, False]
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(out["bf16"], twins.linear(twins.bf16(x), twins.bf16(w), b, True), rtol=0, atol=2e-6)
     np.testing.assert_allclose(out["int8"], twins.int8_linear(x, w, b, True), rtol=0, atol=2e-6)
+    for p in ("bf16", "int8"):  # the whole model, against the instructions' result here: the sums run in
+        # another order, and a last-bit difference can move a later bf16/int8 rounding by one step (2^-8)
+        fast = npvitpose.load(tmp_path / "m.npz", precision=p).forward(pixels)
+        assert np.abs(out["model_" + p] - fast).max() <= 2.0 ** -8 * np.abs(fast).max()
