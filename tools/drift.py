@@ -67,7 +67,8 @@ def main(argv=None):
     lines = [f"Drift against fp32 on random weights ({args.head} head, {OUTLIERS} outlier channels of gain "
              f"{OUTLIER_GAIN:g}); images: {', '.join(n for n, _ in CASES)}; "
              f"kernels: bf16 {'vdpbf16ps' if gemm_bf16.FAST else 'fallback'}, "
-             f"int8 {'vpdpbusd' if gemm_int8.FAST else 'fallback'}; int8 keeps {', '.join(model_mod.INT8_IN_FP32)} in fp32",
+             f"int8 {'vpdpbusd' if gemm_int8.FAST else 'fallback'}; int8 keeps in fp32: "
+             f"{', '.join(model_mod.INT8_IN_FP32) or 'no layer'}",
              "", f"| model | precision | {drift.HEADER} |", "|" + "---|" * 10]
     for variant in args.variants:
         cfg = dataclasses.replace(model_mod.VARIANTS[variant], head=args.head)
