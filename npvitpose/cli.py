@@ -71,6 +71,10 @@ def _boxes_source(args, parser, inputs):
     run.check_job(inputs, None)  # nothing to read: say so before downloading a detector
     path = resolve_detector(args.detector or DEFAULT_DETECTOR, args.cache, note=_note)
     detector = Detector(path, args.det_size, args.det_thr, args.det_nms_thr)
+    if args.threads is not None:
+        import cv2
+
+        cv2.setNumThreads(args.threads)  # cv2.dnn runs on OpenCV's own thread pool
     return run.DetectedBoxes(detector, args.bbox_thr, inputs, args.image_id), path
 
 
@@ -171,14 +175,20 @@ def cmd_convert(args, parser):
 
 def cmd_fetch(args, parser):
     from . import fetch
+    from .detector import DETECTORS, fetch_detector
 
     if args.list:
         for name, source in fetch.SOURCES.items():
             aliases = sorted(a for a, c in fetch.ALIASES.items() if c == name and "/" not in a)
             print(f"{name:38s} {source.repo}/{source.files[-1]}  (also: {', '.join(aliases)})")
+        for name, source in DETECTORS.items():
+            print(f"{name:38s} person detector, {source.licence}: {source.url}")
         return 0
     if args.name is None:
         parser.error("fetch needs a model NAME (or --list)")
+    if args.name.strip().lower() in DETECTORS:
+        print(fetch_detector(args.name.strip().lower(), args.cache, args.endpoint, note=_note))
+        return 0
     print(fetch.fetch(args.name, cache_dir=args.cache, endpoint=args.endpoint, dataset=args.dataset))
     return 0
 
@@ -295,7 +305,8 @@ def build_parser():
     p.set_defaults(run=cmd_infer)
 
     p = sub.add_parser("fetch", help="download and convert a published checkpoint into the cache")
-    p.add_argument("name", nargs="?", metavar="NAME", help="e.g. vitpose-b, vitpose-plus-s, original-vitpose-b")
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="e.g. vitpose-b, vitpose-plus-s, original-vitpose-b, or a person detector: yolox-s")
     p.add_argument("--list", action="store_true", help="list the known names")
     p.add_argument("--cache", metavar="DIR", help="cache folder (default $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
     p.add_argument("--endpoint", metavar="URL", help="hub address (default $HF_ENDPOINT or https://huggingface.co)")

@@ -20,6 +20,8 @@ from .errors import NpvitposeError
 STRIDES = (8, 16, 32)  # YOLOX's three FPN levels
 PAD_VALUE = 114  # YOLOX's letterbox grey
 PERSON = 0  # COCO's person in the 80-class order of YOLOX and ultralytics
+# a raw head's median log-size: e^6 x stride 8 is a 3000-px box, so a larger median means sizes in pixels
+DECODED_LOG_SIZE = 6.0
 
 
 @dataclass(frozen=True)
@@ -232,14 +234,18 @@ def grids(height, width):
 def decode(output, height, width):
     """A raw network output -> (centre-size boxes (N, 4) in input pixels, best class (N,), its score (N,)).
 
-    (1, N, 5 + C): YOLOX raw head, N anchors of the 8/16/32 grids; (1, 4 + C, N): ultralytics layout.
+    (1, N, 5 + C): YOLOX raw head, N anchors of the 8/16/32 grids (or already decoded to pixels, as YOLOX's
+    export with --decode_in_inference gives); (1, 4 + C, N): ultralytics layout.
     """
     out = np.asarray(output, dtype=np.float64)
     cells, strides = grids(height, width)
     n = len(cells)
     if out.ndim == 3 and out.shape[0] == 1 and out.shape[1] == n and out.shape[2] > 5:
         raw = out[0]  # (N, 5 + C)
-        boxes = np.concatenate([(raw[:, :2] + cells) * strides, np.exp(raw[:, 2:4]) * strides], axis=1)
+        if np.median(raw[:, 2:4]) > DECODED_LOG_SIZE:  # an export with decode_in_inference: pixels already
+            boxes = raw[:, :4]
+        else:
+            boxes = np.concatenate([(raw[:, :2] + cells) * strides, np.exp(raw[:, 2:4]) * strides], axis=1)
         cls = raw[:, 5:] * raw[:, 4:5]  # objectness x class score
     elif out.ndim == 3 and out.shape[0] == 1 and out.shape[2] == n and out.shape[1] > 4:
         raw = out[0].T  # (N, 4 + C)
@@ -247,8 +253,8 @@ def decode(output, height, width):
     else:
         raise NpvitposeError(
             f"detector output of shape {tuple(out.shape)} is neither YOLOX's raw (1, {n}, 5 + classes) nor "
-            f"ultralytics' (1, 4 + classes, {n}) for a {width}x{height} input (an export with NMS inside, or "
-            f"boxes already decoded, is not supported: export the raw head)")
+            f"ultralytics' (1, 4 + classes, {n}) for a {width}x{height} input (an export with NMS inside is "
+            f"not supported: export the raw head)")
     label = np.argmax(cls, axis=1)
     return boxes, label, cls[np.arange(len(cls)), label]
 

@@ -34,6 +34,7 @@ class TinyYOLOX(nn.Module):
 
     layout "yolox": the raw head, (1, N, 4 + 1 + C) = box offsets and log-sizes, sigmoid objectness,
     sigmoid class scores (YOLOX's export with decode_in_inference=False).
+    layout "decoded": YOLOX's layout with centre and size already in input pixels (decode_in_inference=True).
     layout "ultralytics": (1, 4 + C, N) = centre and size in input pixels, sigmoid class scores.
     """
 
@@ -71,14 +72,15 @@ class TinyYOLOX(nn.Module):
             reg, cls = head["reg"](f), head["cls"](f)
             box = head["reg_pred"](reg).flatten(2)  # (B, 4, h*w)
             scores = head["cls_pred"](cls).sigmoid().flatten(2)  # (B, C, h*w)
-            if self.layout == "yolox":
-                outs.append(torch.cat([box, head["obj_pred"](reg).sigmoid().flatten(2), scores], 1))
-            else:
+            if self.layout != "yolox":  # decoded inside the graph: centre and size in input pixels
                 grid = getattr(self, f"grid{i}")
-                xy, wh = (box[:, :2] + grid + 0.5) * s, box[:, 2:].exp() * s
-                outs.append(torch.cat([xy, wh, scores], 1))
+                box = torch.cat([(box[:, :2] + grid + 0.5) * s, box[:, 2:].exp() * s], 1)
+            if self.layout == "ultralytics":
+                outs.append(torch.cat([box, scores], 1))
+            else:
+                outs.append(torch.cat([box, head["obj_pred"](reg).sigmoid().flatten(2), scores], 1))
         out = torch.cat(outs, 2)  # (B, 5 + C or 4 + C, N)
-        return out.permute(0, 2, 1) if self.layout == "yolox" else out
+        return out if self.layout == "ultralytics" else out.permute(0, 2, 1)
 
 
 def yolox_preproc(image_bgr, height, width):
@@ -108,7 +110,7 @@ def export(path, layout="yolox", size=(192, 256), dynamic=False, seed=0):
     """Write a random-weight detector with photo-set batch norms to `path` as ONNX (opset 11, fixed shape)."""
     torch.manual_seed(seed)
     model = set_batchnorm_from_photos(TinyYOLOX(layout, size=size), size)
-    axes = {"images": {2: "height", 3: "width"}, "output": {1 if layout == "yolox" else 2: "anchors"}}
+    axes = {"images": {2: "height", 3: "width"}, "output": {2 if layout == "ultralytics" else 1: "anchors"}}
     with warnings.catch_warnings():  # the TorchScript exporter warns it is the legacy one; it needs no onnxscript
         warnings.simplefilter("ignore")
         torch.onnx.export(model, torch.zeros(1, 3, *size), str(path), dynamo=False, opset_version=11,
@@ -138,7 +140,10 @@ def reference_boxes(session, image_bgr, size, score_thr, nms_thr, layout="yolox"
     height, width = size
     blob, r = yolox_preproc(image_bgr, height, width)
     out = session.run(None, {session.get_inputs()[0].name: blob})[0].astype(np.float64)
-    if layout == "yolox":
+    if layout == "decoded":
+        pred = out[0]
+        class_scores = pred[:, 5:] * pred[:, 4:5]
+    elif layout == "yolox":
         grids, strides = [], []
         for s in STRIDES:
             xv, yv = np.meshgrid(np.arange(width // s), np.arange(height // s))

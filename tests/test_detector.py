@@ -27,6 +27,7 @@ def files(tmp_path_factory):
         "yolox": D.export(folder / "yolox.onnx", "yolox", SIZE),
         "ultralytics": D.export(folder / "ultra.onnx", "ultralytics", SIZE, seed=1),
         "dynamic": D.export(folder / "dynamic.onnx", "yolox", SIZE, dynamic=True, seed=2),
+        "decoded": D.export(folder / "decoded.onnx", "decoded", SIZE, seed=3),
     }
 
 
@@ -39,7 +40,7 @@ def _match(boxes, ref, tol):
     return dist[np.arange(len(ref)), best].max(initial=0.0)
 
 
-@pytest.mark.parametrize("layout,thr", [("yolox", 0.5), ("ultralytics", 0.95)])
+@pytest.mark.parametrize("layout,thr", [("yolox", 0.5), ("ultralytics", 0.95), ("decoded", 0.5)])
 def test_boxes_equal_reference_on_photos(files, layout, thr):
     session = ort.InferenceSession(files[layout])
     detector = Detector(files[layout], score_thr=thr, nms_thr=0.45)
@@ -180,7 +181,12 @@ def test_published_detector_downloads_once_and_checks_sha(tmp_path, files, serve
     _Files.payload = {"/opencv/zoo/resolve/main/zoo.onnx": body}
     monkeypatch.setenv("HF_ENDPOINT", url)
     assert os.path.exists(Detector("hub", cache=str(cache)).path)
+    code, out, _ = cli_run(capsys, "fetch", "tiny", "--cache", tmp_path / "other")  # the fetch command too
+    assert code == 1  # served nothing now
     _Files.payload = {"/det.onnx": body}
+    code, out, err = cli_run(capsys, "fetch", "tiny", "--cache", tmp_path / "other")
+    assert code == 0 and out.strip() == str(tmp_path / "other" / "detectors" / "tiny.onnx"), err
+    assert "yolox-s" in cli_run(capsys, "fetch", "--list")[1]
     with pytest.raises(NpvitposeError, match="checksum mismatch"):
         Detector("bad", cache=str(cache))
     assert not os.path.exists(cache / "detectors" / "bad.onnx")
