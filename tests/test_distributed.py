@@ -143,6 +143,19 @@ def test_video_ranges_without_vis_match(tmp_path, model_path, client):
     assert failed == 0 and got == want and len(got) == sum(1 + f % 2 for f in range(25))
 
 
+def test_detector_boxes_travel_to_workers(tmp_path, capsys, model_path, client):
+    import detector_models
+
+    images, _ = folder(tmp_path, [1, 1, 1])
+    onnx = detector_models.export(tmp_path / "det.onnx", "yolox", (192, 256))
+    single = ["infer", images, "--model", model_path, "--detector", onnx, "--det-thr", "0.5"]
+    code1, _, err1 = cli(capsys, *single, "-o", tmp_path / "one.json")
+    code2, _, err2 = cli(capsys, *single, "-o", tmp_path / "dask.json", "--dask", client.scheduler.address)
+    assert code1 == code2 == 1 and err1 == err2  # the broken image, as above
+    one = (tmp_path / "one.json").read_bytes()
+    assert (tmp_path / "dask.json").read_bytes() == one and len(json.loads(one)) > 3
+
+
 def test_api_reports_failures_in_order_or_raises(tmp_path, model_path, client):
     images, dets = folder(tmp_path, [1, 2, 1])
     inputs = sorted(str(p) for p in images.iterdir())
