@@ -245,7 +245,8 @@ def decode(output, height, width):
         if np.median(raw[:, 2:4]) > DECODED_LOG_SIZE:  # an export with decode_in_inference: pixels already
             boxes = raw[:, :4]
         else:
-            boxes = np.concatenate([(raw[:, :2] + cells) * strides, np.exp(raw[:, 2:4]) * strides], axis=1)
+            with np.errstate(over="ignore"):  # an overflowing size is an infinite box, dropped later
+                boxes = np.concatenate([(raw[:, :2] + cells) * strides, np.exp(raw[:, 2:4]) * strides], axis=1)
         cls = raw[:, 5:] * raw[:, 4:5]  # objectness x class score
     elif out.ndim == 3 and out.shape[0] == 1 and out.shape[2] == n and out.shape[1] > 4:
         raw = out[0].T  # (N, 4 + C)
@@ -263,7 +264,8 @@ def person_boxes(boxes_cxcywh, label, score, ratio, score_thr, nms_thr):
     """Persons scoring at least `score_thr`, NMS-ed by cv2.dnn.NMSBoxes -> (xywh (M, 4), scores (M,)) in image px."""
     import cv2
 
-    keep = (label == PERSON) & (score >= score_thr) & np.isfinite(boxes_cxcywh).all(axis=1)
+    sane = np.isfinite(boxes_cxcywh).all(axis=1) & (boxes_cxcywh[:, 2] > 0) & (boxes_cxcywh[:, 3] > 0)
+    keep = (label == PERSON) & (score >= score_thr) & sane
     b, s = boxes_cxcywh[keep], score[keep]
     xywh = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], axis=1) / ratio
     if not len(xywh):

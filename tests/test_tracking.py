@@ -305,3 +305,41 @@ def test_missing_camera_is_one_line(tmp_path, capsys, model_path):
     code, _, err = cli_run(capsys, "infer", "9", "--whole-image", "--model", model_path, "-o", tmp_path / "o.json")
     assert code == 1 and err.count("\n") == 1 and "camera 9" in err
     assert not (tmp_path / "o.json").exists()
+
+
+class _FakeCamera:
+    """cv2.VideoCapture(0) stand-in: three frames, then the user presses Ctrl-C."""
+
+    def __init__(self, index):
+        self.index, self.frames = index, 0
+
+    def isOpened(self):
+        return self.index == 0
+
+    def get(self, prop):
+        return 0.0
+
+    def read(self):
+        self.frames += 1
+        if self.frames > 3:
+            raise KeyboardInterrupt
+        return True, np.ascontiguousarray(synthetic_image(seed=self.frames)[:, :, ::-1])
+
+    def release(self):
+        pass
+
+
+def test_camera_streams_to_stdout_and_ctrl_c_ends_it_cleanly(tmp_path, capsys, model_path, monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    code, out, err = cli_run(capsys, "infer", "0", "--whole-image", "--model", model_path,
+                             "--vis", tmp_path / "live.avi")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [rec["image_id"] for rec in lines] == [0, 1, 2]
+    assert all(rec["people"][0]["bbox"] == [0, 0, 320, 240] and rec["people"][0]["track_id"] == 0 for rec in lines)
+    monkeypatch.undo()
+    capture = cv2.VideoCapture(str(tmp_path / "live.avi"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == 3  # the drawing of every frame seen before Ctrl-C
