@@ -107,13 +107,17 @@ def profile(model, batch, repeats=3):
 
 
 def add_arguments(parser):
+    from .cli import _positive_int  # the CLI's integer check: 0 is a usage error (exit 2), not a traceback
+
     parser.add_argument("--model", default="vitpose-b",
                         help=f"variant whose shapes to benchmark ({', '.join(model_mod.VARIANTS)}: random weights, "
                              "nothing downloaded); with --compare also a converted .npz or a published name")
     parser.add_argument("--head", default="classic", choices=("classic", "simple"))
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="batch sizes (crops per forward)")
-    parser.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and all cores)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 4, 16],
+                        help="batch sizes (crops per forward)")
+    parser.add_argument("--threads", type=_positive_int, nargs="+", default=None,
+                        help="thread counts (default: 1 and all cores)")
+    parser.add_argument("--repeats", type=_positive_int, default=3)
     parser.add_argument("--profile", action="store_true", help="also print where the time of one forward goes")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(model_mod.PRECISIONS),
                         help="arithmetic of the linear layers; several are timed side by side")

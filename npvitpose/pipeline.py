@@ -1,7 +1,10 @@
 """Top-down pipeline: boxes -> affine crops -> model -> flip-averaged heatmaps -> keypoints (spec 0, 4, 5)."""
 
+import math
 import numbers
 import os
+import platform
+from fractions import Fraction
 
 import numpy as np
 
@@ -55,12 +58,13 @@ def udp_matrix(center, scale):
     return m
 
 
-def classic_matrix(center, scale):
+def classic_matrix(center, scale, fused=None):
     """Classic crop matrix (spec 4.4, `get_affine_transform(c, s, 0, (192, 256))`), float64.
 
     Three float32 point pairs (centre, a point S_w/2 above it, and the third point of the right
     angle) are solved like cv2.getAffineTransform does: a 6x6 system by OpenCV's LU with partial
     pivoting, in double precision. Takes (2,) or (N, 2); returns (2, 3) or (N, 2, 3) float64.
+    fused: round as OpenCV's arm64 build (True) or x86-64 build (False); default this machine's.
     """
     c = np.asarray(center, dtype=np.float32)
     s = np.asarray(scale, dtype=np.float32)
@@ -74,21 +78,37 @@ def classic_matrix(center, scale):
         src[1] = ci.astype(np.float64) + np.array([0.0, float(roi_w) * -0.5])
         d = src[0] - src[1]
         src[2] = src[1] + np.array([-d[1], d[0]], dtype=np.float32)
-        out[i] = _affine_from_points(src, dst)
+        out[i] = _affine_from_points(src, dst, FUSED_LU if fused is None else fused)
     return out.reshape(c.shape[:-1] + (2, 3))
 
 
-def _affine_from_points(src, dst):
+# OpenCV's arm64 wheels compile its LU with fused multiply-adds (the C++ compiler contracts `a += b * c` there),
+# its x86-64 wheels without (their SSE3 baseline has no FMA): each platform's matrix is rounded its own way.
+FUSED_LU = platform.machine().lower() in ("aarch64", "arm64")
+
+
+def _fma_exact(a, b, c):
+    """a * b + c rounded once, for Pythons before 3.13's math.fma: exact rationals, and int / int rounds correctly."""
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+_fma = getattr(math, "fma", _fma_exact)
+
+
+def _affine_from_points(src, dst, fused):
     """cv2.getAffineTransform: the 6x6 system [x y 1 0 0 0; 0 0 0 x y 1] m = dst, OpenCV LU order."""
     a, b = [], []
     for (x, y), (u, v) in zip(src.astype(np.float64).tolist(), dst.astype(np.float64).tolist()):
         a += [[x, y, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, x, y, 1.0]]
         b += [u, v]
-    return np.array(_lu_solve(a, b)).reshape(2, 3)
+    return np.array(_lu_solve(a, b, _fma if fused else None)).reshape(2, 3)
 
 
-def _lu_solve(a, b):
-    """OpenCV's LUImpl on Python floats (IEEE double, no fused multiply-add): same rounding steps."""
+def _lu_solve(a, b, fma=None):
+    """OpenCV's LUImpl on Python floats (IEEE double), each `x += y * z` rounded twice, or once with `fma`."""
+    def madd(x, y, z):  # x + y * z as OpenCV's compiled loop computes it on this platform
+        return fma(y, z, x) if fma else x + y * z
+
     m = len(a)
     for i in range(m):
         k = max(range(i, m), key=lambda j: (abs(a[j][i]), -j))  # first largest pivot
@@ -101,12 +121,12 @@ def _lu_solve(a, b):
         for j in range(i + 1, m):
             alpha = a[j][i] * d
             for col in range(i + 1, m):
-                a[j][col] += alpha * a[i][col]
-            b[j] += alpha * b[i]
+                a[j][col] = madd(a[j][col], alpha, a[i][col])
+            b[j] = madd(b[j], alpha, b[i])
     for i in range(m - 1, -1, -1):
         s = b[i]
         for col in range(i + 1, m):
-            s -= a[i][col] * b[col]
+            s = madd(s, -a[i][col], b[col])
         b[i] = s / a[i][i]
     return b
 

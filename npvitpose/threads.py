@@ -7,10 +7,11 @@ same time (kernels and GEMMs alternate), so n threads each means n busy cores, n
 import ctypes
 import glob
 import os
-import warnings
 
 import numba
 import numpy as np
+
+from .messages import warn
 
 _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
             "openblas_set_num_threads", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
@@ -62,8 +63,20 @@ def apply():
         numba.set_num_threads(_threads)
 
 
-_env = os.environ.get("NPVITPOSE_THREADS", "").strip()
-if _env.isdecimal() and int(_env) >= 1:
-    set_threads(int(_env))
-elif _env:
-    warnings.warn(f"NPVITPOSE_THREADS={_env!r} is not a positive integer; ignored", RuntimeWarning, stacklevel=2)
+def _from_environment(text):
+    """NPVITPOSE_THREADS: a positive integer, else one warning line (not a Python warning) and the default."""
+    text = text.strip()
+    if not text:
+        return
+    if not (text.isascii() and text.isdecimal()) or not text.strip("0"):
+        warn(f"NPVITPOSE_THREADS={text[:40]!r} is not a positive integer; ignored")
+        return
+    most = numba.config.NUMBA_NUM_THREADS
+    if len(text.lstrip("0")) > 6 or int(text) > most:  # length first: int() refuses over 4300 digits
+        warn(f"NPVITPOSE_THREADS={text[:40]} is more than the {most} threads Numba allows (NUMBA_NUM_THREADS); "
+             f"using {most}")
+        text = str(most)
+    set_threads(int(text))
+
+
+_from_environment(os.environ.get("NPVITPOSE_THREADS", ""))
