@@ -25,6 +25,7 @@ def _normalize_lut():
 
 
 NORMALIZE_LUT = _normalize_lut()
+NORMALIZE_LUT_BGR = np.ascontiguousarray(NORMALIZE_LUT[::-1])
 
 
 def pull_tables(matrices, dsize):
@@ -79,12 +80,13 @@ def warp_affine_u8(image, matrix, dsize):
     return out if img.ndim == 3 else out[:, :, 0]
 
 
-def warp_normalize(image, matrices, out, flip=False):
+def warp_normalize(image, matrices, out, flip=False, bgr=False):
     """Warp, normalize and optionally mirror crops of one RGB image into a float32 batch, in place.
 
     image: (H, W, 3) uint8 RGB, C-contiguous. matrices: (n, 2, 3) forward matrices.
     out: (n, 3, h, w) float32 C-contiguous, or (2n, 3, h, w) with flip=True: out[i] is crop i normalized
     as in spec 4.6, and out[n + i] is the same crop mirrored along W (the `img.flip(3)` of spec 5.1).
+    bgr=True takes a BGR image (OpenCV's order) and still writes RGB crops: no full-image channel swap.
     """
     img = _check_image(image)
     if img.ndim != 3 or img.shape[2] != 3:
@@ -97,7 +99,9 @@ def warp_normalize(image, matrices, out, flip=False):
         raise ValueError(f"out must have shape ({n * (2 if flip else 1)}, 3, h, w), got {out.shape}")
     adelta, bdelta, x0, y0 = pull_tables(matrices, (out.shape[3], out.shape[2]))
     if n:
-        _warp_normalize(img, adelta, bdelta, x0, y0, NORMALIZE_LUT, out, flip)
+        _warp_normalize(img, adelta, bdelta, x0, y0, NORMALIZE_LUT_BGR if bgr else NORMALIZE_LUT, out, flip)
+        if bgr:  # the planes came out B, G, R, each normalized by its own statistics: reorder them
+            out[:, [0, 2]] = out[:, [2, 0]]
     return out
 
 

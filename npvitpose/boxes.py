@@ -24,23 +24,39 @@ BOX_FORMATS = ("xywh", "xyxy")
 PERSON_CATEGORY = 1  # COCO category id of "person"
 
 
+MAX_JSON_BYTES = 1 << 28  # 256 MiB: COCO test-dev detections for every image are under 100 MB
+_CHUNK = 1 << 20
+
+
 def read_json(path, what="detections"):
-    """Parse a JSON file; any read or syntax problem becomes a one-line NpvitposeError."""
+    """Parse a JSON file (or pipe) of at most MAX_JSON_BYTES; any read or syntax problem is one NpvitposeError."""
+    label = repr(os.fsdecode(path))
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = bytearray()
+            while len(raw) <= MAX_JSON_BYTES:  # /dev/zero or an endless pipe stops here
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    break
+                raw += chunk
+                if len(raw) == len(chunk) and raw.lstrip()[:1] not in (b"[", b"{", b""):
+                    break  # not JSON from its first byte: no need to read further
     except OSError as e:
-        raise NpvitposeError(f"cannot read {what} file {str(path)!r}: {e.strerror or e}") from None
+        raise NpvitposeError(f"cannot read {what} file {label}: {e.strerror or e}") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise NpvitposeError(f"{what} file {label} is larger than {MAX_JSON_BYTES >> 20} MiB")
     try:
-        return json.loads(raw)
+        return json.loads(bytes(raw))
     except UnicodeDecodeError:
-        raise NpvitposeError(f"{what} file {str(path)!r} is not UTF-8 text") from None
+        raise NpvitposeError(f"{what} file {label} is not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise NpvitposeError(
-            f"{what} file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            f"{what} file {label} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
         ) from None
     except RecursionError:
-        raise NpvitposeError(f"{what} file {str(path)!r} is nested too deeply") from None
+        raise NpvitposeError(f"{what} file {label} is nested too deeply") from None
+    except ValueError:  # the only other ValueError json raises: an integer beyond Python's 4300-digit limit
+        raise NpvitposeError(f"{what} file {label} holds an integer of more than 4300 digits") from None
 
 
 def _number(value, where):
@@ -140,10 +156,16 @@ def _image_id(value, where):
     return id_key(value)
 
 
+_MAX_ID_DIGITS = 30  # COCO ids are 64-bit integers; a longer digit string stays a string id
+
+
 def id_key(value):
     """One form for every spelling of an image id: 42, "42" and "000000000042" all become 42."""
+    if isinstance(value, int):
+        return value
     text = str(value).strip()
-    return int(text) if re.fullmatch(r"-?[0-9]+", text) else text
+    digits = text.lstrip("-").lstrip("0")
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) and len(digits) <= _MAX_ID_DIGITS else text
 
 
 def group_coco(data, box_format="xywh", bbox_thr=0.0, name="detections"):
@@ -200,7 +222,8 @@ def id_for_file(path, image_list=None):
     if image_list is not None:
         return image_list.get(base)
     stem = os.path.splitext(base)[0]
-    return int(stem) if stem.isdigit() else None  # COCO files are named by their zero-padded id
+    # COCO files are named by their zero-padded id; "²" is a digit to str.isdigit, not to int()
+    return id_key(stem) if re.fullmatch(r"[0-9]+", stem) else None
 
 
 def load_boxes(path, box_format="xywh", bbox_thr=0.0, image_id=None, image_name=None, images=None):

@@ -6,10 +6,13 @@ partial file and an older output in place.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -48,7 +51,8 @@ def _options(args):
     return Options(box_format=args.box_format, bbox_thr=args.bbox_thr, flip=not args.no_flip, decode=args.decode,
                    nms_thr=args.nms_thr, batch_size=args.batch_size, kpt_thr=args.kpt_thr, radius=args.radius,
                    thickness=args.thickness, draw_bbox=args.draw_bbox, skeleton_style=args.skeleton_style,
-                   det_every=args.det_every, track=args.track, track_thr=args.track_thr, smooth=args.smooth)
+                   det_every=args.det_every, track=args.track, track_thr=args.track_thr, smooth=args.smooth,
+                   max_image_pixels=args.max_image_pixels)
 
 
 def _boxes_source(args, parser, inputs):
@@ -128,7 +132,10 @@ def cmd_infer(args, parser):
                 sink.close()
 
     if failed < len(inputs) and sink is None:
-        text = json.dumps(results, separators=(",", ":")) + "\n"
+        try:
+            text = json.dumps(results, separators=(",", ":"), allow_nan=False) + "\n"
+        except ValueError:  # NaN and Infinity are not JSON: say so rather than write an unreadable file
+            raise NpvitposeError("the results hold NaN or infinity; nothing was written") from None
         if args.output is None:
             sys.stdout.write(text)
         else:
@@ -279,6 +286,8 @@ def build_parser():
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="threads for the kernels and BLAS together (default: all cores, or NPVITPOSE_THREADS)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", help="people per pipeline call (bounds memory)")
+    p.add_argument("--max-image-pixels", type=_positive_int, metavar="N",
+                   help="refuse larger images, from their header, before decoding (default: 2^27 = 134 M)")
     p.add_argument("--dask", metavar="ADDRESS|local:N",
                    help="run over a Dask cluster: a scheduler address, or local:N to start N worker processes here")
     p.add_argument("--dask-timeout", type=_positive_float, default=10.0, metavar="S",
@@ -317,24 +326,54 @@ def build_parser():
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (timeout, systemd, docker stop, a closed terminal): unwinds like Ctrl-C, so every
+    temporary output is deleted on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _stdout_closed():
+    """stdout's reader went away (`| head -c0`): later flushes, at exit too, must not raise again."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    error("standard output was closed before the results were written")
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    argv = sys.argv[1:] if argv is None else [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in argv]
     parser = build_parser()
     if argv[:1] == ["bench"]:
         run = lambda: cmd_bench(argv[1:])  # noqa: E731 - the bench module parses its own options
     else:
         args = parser.parse_args(argv)
         run = lambda: args.run(args, parser)  # noqa: E731
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        handlers = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return run()
+        code = run()
+        sys.stdout.flush()
+        return code
     except NpvitposeError as e:
         error(e)
+    except BrokenPipeError:
+        _stdout_closed()
     except OSError as e:
         error(os_message(e))
     except MemoryError:
         error("out of memory")
     except KeyboardInterrupt:
         error("interrupted")
+    except Terminated as e:
+        error(f"terminated ({e})")
+        return 128 + signal.SIGTERM
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
     return 1
 
 

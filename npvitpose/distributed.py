@@ -166,7 +166,7 @@ def images_task(plugin_name, options, jobs, given):
         for i in todo:
             path, target = jobs[i]
             try:
-                image = read_image(path)
+                image = read_image(path, options.max_image_pixels)
                 image_id, found, box_scores = given.for_image(path, image)
             except (NpvitposeError, OSError, MemoryError) as e:
                 out[i] = failure_message(path, e)

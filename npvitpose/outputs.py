@@ -18,6 +18,13 @@ def _is_special(path):
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def _name_max(folder):
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_target(path, flag):
     """Refuse, before any work, an output that could not be written at the end."""
     if _is_special(path):
@@ -30,32 +37,60 @@ def check_target(path, flag):
         raise NpvitposeError(f"{flag} {path!r}: folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):
         raise NpvitposeError(f"{flag} {path!r}: cannot write into folder {folder!r}")
+    limit = _name_max(folder)
+    if len(os.fsencode(os.path.basename(target))) > limit:
+        raise NpvitposeError(f"{flag}: the file name is longer than the {limit} bytes this file system allows")
+
+
+def _temp_prefix(base, suffix, limit):
+    """'.<base>.' cut so that the whole temporary name (mkstemp adds 8 characters) fits NAME_MAX; the
+    characters kept are ASCII, so that no library ever sees a name that is not UTF-8 (OpenCV crashes)."""
+    safe = "".join(ch if ch.isascii() and ch.isprintable() and ch != "/" else "_" for ch in base)
+    room = max(limit - len(suffix) - 8 - 2, 0)
+    return f".{safe[:room]}."
 
 
 @contextlib.contextmanager
 def atomic_output(path):
     """Yields a temporary path with the target's extension (encoders choose by it); if the block succeeds,
-    it replaces `path`, else it is deleted. A symlink keeps its place (the file it points to is replaced);
-    a device or pipe gets the finished bytes copied into it."""
+    it is flushed to disk and replaces `path` (keeping an existing file's permission bits), else it is
+    deleted. A symlink keeps its place (the file it points to is replaced); a device or pipe gets the
+    finished bytes copied into it."""
     special = _is_special(path)
     target = path if special else os.path.realpath(path)  # a pipe's real path (/proc/.../pipe:[n]) is no path
     base = os.path.basename(target)
     folder = tempfile.gettempdir() if special else os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".part{os.path.splitext(base)[1]}", dir=folder)
+    suffix = ".part" + "".join(ch for ch in os.path.splitext(base)[1] if ch.isascii())
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(base, suffix, _name_max(folder)), suffix=suffix, dir=folder)
     os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; an output is an ordinary file
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode) if not special else None
+    except FileNotFoundError:
+        mode = None
+    if mode is None:
+        mask = os.umask(0)
+        os.umask(mask)
+        mode = 0o666 & ~mask  # mkstemp makes 0600; a new output is an ordinary file
+    os.chmod(tmp, mode)
     try:
         yield tmp
         if special:
             with open(tmp, "rb") as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         else:
+            _fsync(tmp)  # a full disk shows here (delayed allocation), not after the rename
             os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def identity(path):
@@ -91,14 +126,21 @@ def write_text_atomic(path, text):
         f.write(text)
 
 
+def write_bytes_atomic(path, data):
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
 def write_image_atomic(path, image_rgb):
+    """Encode in memory (OpenCV never sees the file name) and write the bytes through atomic_output."""
     import cv2
     import numpy as np
 
-    with atomic_output(path) as tmp:
-        try:
-            ok = cv2.imwrite(tmp, np.ascontiguousarray(image_rgb[:, :, ::-1]))  # OpenCV encodes BGR
-        except cv2.error as e:
-            raise NpvitposeError(f"cannot write image {path!r}: {str(e).strip().splitlines()[-1]}") from None
-        if not ok:
-            raise NpvitposeError(f"cannot write image {path!r} (unsupported extension?)")
+    ext = os.path.splitext(os.fsdecode(path))[1].lower()
+    try:
+        ok, data = cv2.imencode(ext, np.ascontiguousarray(image_rgb[:, :, ::-1]))  # OpenCV encodes BGR
+    except cv2.error as e:
+        raise NpvitposeError(f"cannot write image {path!r}: {str(e).strip().splitlines()[-1]}") from None
+    if not ok:
+        raise NpvitposeError(f"cannot write image {path!r} (unsupported extension?)")
+    write_bytes_atomic(path, data.data)

