@@ -591,7 +591,28 @@ def read_safetensors(path) -> dict:
 
     float32/float64/integer tensors are zero-copy read-only views of a memory map of the file.
     """
-    path = os.fspath(path)
+    buf, data_start, entries = _safetensors_layout(os.fspath(path))
+    out = {}
+    for key, code, shape, begin, end in entries:
+        count = (end - begin) // _itemsize(code)
+        if count == 0:
+            out[key] = _widen(np.zeros(shape, np.uint16 if code == _BF16 else np.dtype(code)), code)
+            continue
+        raw = np.frombuffer(
+            buf, dtype=np.uint16 if code == _BF16 else np.dtype(code), count=count, offset=data_start + begin
+        )
+        out[key] = _widen(raw, code).reshape(shape)
+    return out
+
+
+def check_safetensors(path) -> None:
+    """Check a `.safetensors` file's header against the file, reading no tensor data (for downloads)."""
+    buf, _, _ = _safetensors_layout(os.fspath(path))
+    buf.close()
+
+
+def _safetensors_layout(path):
+    """(memory map, data offset, [(key, code, shape, begin, end)]) of a checked safetensors header."""
     name = os.path.basename(path)
     buf, size = _map_file(path, "safetensors file")
     if size < 8:
@@ -618,17 +639,7 @@ def read_safetensors(path) -> dict:
     for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise NpvitposeError(f"{name}: tensors {_short(k0)} and {_short(k1)} overlap")
-    out = {}
-    for key, code, shape, begin, end in entries:
-        count = (end - begin) // _itemsize(code)
-        if count == 0:
-            out[key] = _widen(np.zeros(shape, np.uint16 if code == _BF16 else np.dtype(code)), code)
-            continue
-        raw = np.frombuffer(
-            buf, dtype=np.uint16 if code == _BF16 else np.dtype(code), count=count, offset=data_start + begin
-        )
-        out[key] = _widen(raw, code).reshape(shape)
-    return out
+    return buf, data_start, entries
 
 
 def _check_entry(name: str, key: str, info, data_len: int):

@@ -3,16 +3,22 @@
 Files land in `<cache>/downloads/<owner>--<repo>/`, the converted model in `<cache>/<name>.npz`;
 the cache is `~/.cache/npvitpose` unless `NPVITPOSE_CACHE` or the `cache_dir` argument says otherwise.
 Downloads resume from a `.part` file with an HTTP Range request, are checked against the sha256 the
-Hugging Face hub sends for LFS files (`X-Linked-Etag`), and are renamed into place only when complete.
+Hugging Face hub sends for LFS files (`X-Linked-Etag`) and, where no checksum exists (config.json, a
+mirror), against their announced size and format; they are renamed into place only when complete.
+One process at a time downloads a file (fcntl.flock); DEADLINE bounds each file however slow the server.
 """
 
+import contextlib
 import hashlib
 import http.client
+import json
 import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from typing import NamedTuple
 
 from .errors import NpvitposeError
@@ -22,6 +28,10 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 _CHUNK = 1 << 20
 _ATTEMPTS = 5  # a transfer cut mid-body is resumed at most this many times
 _TIMEOUT = 60.0  # seconds without data before a connection counts as failed
+DEADLINE = 4 * 3600.0  # seconds for one file, all attempts and waiting for another process included
+STALL_WINDOW, MIN_RATE = 60.0, 1024  # a transfer under 1 KB/s over a minute counts as cut (and is resumed)
+_MAX_JSON = 10 << 20  # a config.json is ~2 KB
+_MAX_FILE = 16 << 30  # the largest published checkpoint (ViTPose+-H .pth) is ~3.7 GB
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -154,13 +164,59 @@ def _sha_from_headers(header_sets):
 
 def _content_range(value):
     """'bytes 100-199/1000' -> (100, 1000); None when absent or unparseable (total may be None for '*')."""
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
+    m = re.fullmatch(r"\s*bytes\s+(\d{1,18})-(\d{1,18})/(\d{1,18}|\*)\s*", value or "")
     if not m:
         return None
     return int(m.group(1)), (None if m.group(3) == "*" else int(m.group(3)))
 
 
-def _attempt(url, part, label, progress):
+class _Body:
+    """The bytes of a response as the file holds them: gzip/deflate Content-Encoding decoded (in bounded
+    steps), anything else refused; each read returns what one receive gives, so that a trickling server
+    meets the deadline and the minimum rate."""
+
+    def __init__(self, response, url, end):
+        encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise NpvitposeError(f"download failed: {url} is sent with Content-Encoding {encoding!r}, "
+                                 "which npvitpose does not decode")
+        self.response, self.url, self.end = response, url, end
+        self.encoded = encoding != "identity"
+        self.z = zlib.decompressobj(31 if "gzip" in encoding else 15) if self.encoded else None
+        self.window, self.window_bytes = time.monotonic(), 0
+
+    def _recv(self):
+        _wait(self.end, self.url)
+        try:
+            data = self.response.read1(_CHUNK)
+        except (OSError, http.client.HTTPException) as e:
+            raise _Cut(f"transfer of {self.url} interrupted: {e or type(e).__name__}") from None
+        now = time.monotonic()
+        self.window_bytes += len(data)
+        if now - self.window > STALL_WINDOW:
+            if self.window_bytes < MIN_RATE * (now - self.window):
+                raise _Cut(f"transfer of {self.url} slowed below {MIN_RATE} bytes/s")
+            self.window, self.window_bytes = now, 0
+        return data
+
+    def read(self):
+        while True:
+            if self.z is None:
+                return self._recv()
+            data = self.z.unconsumed_tail or self._recv()
+            if not data or self.z.eof:
+                if not self.z.eof:
+                    raise _Cut(f"transfer of {self.url} stopped inside its compressed data")
+                return b""
+            try:
+                out = self.z.decompress(data, _CHUNK)
+            except zlib.error:
+                raise NpvitposeError(f"download failed: {self.url} sent a corrupt compressed body") from None
+            if out:
+                return out
+
+
+def _attempt(url, part, label, progress, end, max_bytes):
     """One HTTP request appending to `part`; returns (expected size or None, sha256 from headers or None)."""
     offset = os.path.getsize(part) if os.path.exists(part) else 0
     headers = {"User-Agent": "npvitpose", "Accept-Encoding": "identity"}
@@ -169,7 +225,7 @@ def _attempt(url, part, label, progress):
     redirects = _RecordRedirects()
     opener = urllib.request.build_opener(redirects)
     try:
-        response = opener.open(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT)
+        response = opener.open(urllib.request.Request(url, headers=headers), timeout=_wait(end, url))
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # the .part is not a prefix of this file any more: start over
             os.remove(part)
@@ -181,40 +237,53 @@ def _attempt(url, part, label, progress):
         raise NpvitposeError(f"download failed: {url}: {e or type(e).__name__}") from None
     with response:
         sha = _sha_from_headers(redirects.headers + [response.headers])
+        body = _Body(response, url, end)
         length = response.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        if response.status == 206:
+        length = int(length) if length and length.isdigit() and len(length) < 19 else None
+        if response.status == 206 and not body.encoded:
             rng = _content_range(response.headers.get("Content-Range"))
             if rng is None or rng[0] != offset:
                 os.remove(part)
                 raise _Cut(f"unexpected Content-Range from {url}")
             total = rng[1]
             mode = "ab"
-        else:  # 200: the server sent the whole file (it may ignore Range)
+        else:  # 200: the server sent the whole file (it may ignore Range); an encoded body restarts too
             offset, mode = 0, "wb"
-            total = length
+            total = None if body.encoded else length
+        if total is not None and total > max_bytes:
+            raise NpvitposeError(f"download of {url} announces {total} bytes, more than the {max_bytes} expected")
         bar = Progress(total, label, progress, unit="MB")
         bar.update(offset)
+        size = offset
         try:
             with open(part, mode) as f:
                 while True:
-                    try:
-                        chunk = response.read(_CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Cut(f"transfer of {url} interrupted: {e or type(e).__name__}") from None
+                    chunk = body.read()
                     if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > (total if total is not None else max_bytes):  # never read an endless body to its end
                         break
                     f.write(chunk)  # a local disk error propagates as OSError, not as a network cut
                     bar.update(len(chunk))
         finally:
             bar.close()
-        size = os.path.getsize(part)
         if total is not None and size < total:
             raise _Cut(f"transfer of {url} stopped at {size} of {total} bytes")
-        if total is not None and size > total:
+        if size > (total if total is not None else max_bytes):
             os.remove(part)
-            raise NpvitposeError(f"download of {url} is larger than announced ({size} > {total} bytes); deleted")
+            what = f"than announced ({total} bytes)" if total is not None else f"than the {max_bytes} bytes expected"
+            raise NpvitposeError(f"download of {url} is larger {what}; deleted")
         return total, sha
+
+
+def _wait(end, url):
+    """Seconds a network operation may still take before the download's deadline; none left: an error."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise NpvitposeError(f"download of {url} did not finish within {DEADLINE:g} s (a stalled or trickling "
+                             "server); run again to resume")
+    return min(_TIMEOUT, left)
 
 
 def _sha256(path):
@@ -225,31 +294,100 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def download(url, dest, sha256=None, progress=None):
-    """Fetch `url` into `dest` (resuming `dest.part`), verify its sha256 when known, rename into place."""
-    if os.path.exists(dest):
-        return dest
-    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-    part = dest + ".part"
-    label = os.path.basename(dest)
-    last = None
-    for _ in range(_ATTEMPTS):
+def check_file(path, name=None):
+    """What can be checked of a downloaded file (named `name`) without its checksum: a .json parses, a
+    .safetensors header fits the file, a .pth is a readable zip; NpvitposeError says what is wrong."""
+    name = os.path.basename(name or path)
+    if name.endswith(".json"):
         try:
-            _, header_sha = _attempt(url, part, label, progress)
-            break
-        except _Cut as e:
-            last = e
-    else:
-        raise NpvitposeError(f"download failed after {_ATTEMPTS} attempts: {last}; run again to resume")
-    expected = (sha256 or header_sha or "").lower() or None
-    if expected is not None:
-        actual = _sha256(part)
-        if actual != expected:
+            with open(path, "rb") as f:
+                json.loads(f.read(_MAX_JSON + 1).decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise NpvitposeError(f"{name} is not valid JSON (cut short, or an error page)") from None
+    elif name.endswith(".safetensors"):
+        from .checkpoint import check_safetensors
+
+        check_safetensors(path)  # the header and every offset against the file; no tensor data is read
+    elif name.endswith(".pth"):
+        import zipfile
+
+        try:
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            raise NpvitposeError(f"{name} is not a complete PyTorch checkpoint (cut short?)") from None
+
+
+@contextlib.contextmanager
+def _locked(dest, end):
+    """One process at a time downloads `dest` (fcntl.flock on `dest.lock`; the others wait, then find it
+    done). The lock file is removed when released; a waiter that then holds a removed file tries again."""
+    import fcntl
+
+    path = dest + ".lock"
+    while True:
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            if time.monotonic() > end:
+                raise NpvitposeError(f"another process has been downloading {dest} for over {DEADLINE:g} s; "
+                                     f"if none is, delete {path}") from None
+            time.sleep(0.2)
+            continue
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # before unlocking, so that no waiter takes a lock on a file nobody sees
+        lock.close()
+
+
+def download(url, dest, sha256=None, progress=None, max_bytes=None):
+    """Fetch `url` into `dest` (resuming `dest.part`), verify its sha256 when known and what can be checked
+    otherwise (see `check_file`), rename into place. One process at a time per file; DEADLINE seconds in all.
+    A `dest` already there that fails `check_file` is downloaded again."""
+    end = time.monotonic() + DEADLINE
+    limit = max_bytes or (_MAX_JSON if dest.endswith(".json") else _MAX_FILE)
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    with _locked(dest, end):
+        if os.path.exists(dest):
+            try:
+                check_file(dest)
+                return dest
+            except NpvitposeError:  # a bad cache entry (from an older npvitpose, or edited): fetched again
+                os.remove(dest)
+        part = dest + ".part"
+        label = os.path.basename(dest)
+        last = None
+        for _ in range(_ATTEMPTS):
+            try:
+                _, header_sha = _attempt(url, part, label, progress, end, limit)
+                break
+            except _Cut as e:
+                last = e
+        else:
+            raise NpvitposeError(f"download failed after {_ATTEMPTS} attempts: {last}; run again to resume")
+        expected = (sha256 or header_sha or "").lower() or None
+        if expected is not None:
+            actual = _sha256(part)
+            if actual != expected:
+                os.remove(part)
+                raise NpvitposeError(
+                    f"checksum mismatch for {url}: sha256 {actual}, expected {expected}; the download was deleted"
+                )
+        try:
+            check_file(part, dest)
+        except NpvitposeError as e:
             os.remove(part)
-            raise NpvitposeError(
-                f"checksum mismatch for {url}: sha256 {actual}, expected {expected}; the download was deleted"
-            )
-    os.replace(part, dest)
+            raise NpvitposeError(f"download of {url} is damaged: {e}; deleted, run again") from None
+        os.replace(part, dest)
     return dest
 
 
@@ -274,7 +412,10 @@ def fetch(name, cache_dir=None, endpoint=None, progress=None, dataset=None):
     src = folder if source.convert_from == "folder" else paths[-1]
     from .convert import convert
 
-    convert(src, out, dataset)
+    try:
+        convert(src, out, dataset)
+    except NpvitposeError as e:  # a download that passed every check but still does not convert
+        raise NpvitposeError(f"{e} (if the download is damaged, delete {folder} and run again)") from None
     return out
 
 
