@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from npvitpose import run as run_module
 from npvitpose.datasets import DATASETS
 from npvitpose.errors import NpvitposeError
 from npvitpose.tracking import OneEuro, OneEuroParams, Smoother, Tracker, boxes_from_keypoints, iou_xywh
@@ -330,7 +331,7 @@ class _FakeCamera:
 
 
 def test_camera_streams_to_stdout_and_ctrl_c_ends_it_cleanly(tmp_path, capsys, model_path, monkeypatch):
-    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    monkeypatch.setattr(run_module, "_open_capture", lambda path: _FakeCamera(int(path)))  # cv2 stays real: the --vis video is read back
     code, out, err = cli_run(capsys, "infer", "0", "--whole-image", "--model", model_path,
                              "--vis", tmp_path / "live.avi")
     assert code == 0, err
