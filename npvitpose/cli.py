@@ -106,26 +106,22 @@ def cmd_infer(args, parser):
     stream = args.output is not None and args.output.lower().endswith(".jsonl")
     camera = args.output is None and any(run.is_camera(p) for p in inputs)  # a camera run streams to stdout
     sink = run.JsonLines(args.output if stream else None) if stream or camera else None
-    if args.dask is not None:
-        if sink is not None:
-            raise NpvitposeError("streamed results (-o OUT.jsonl, a camera) are not available with --dask; "
-                                 "use -o OUT.json")
-        if args.det_every > 1:
-            raise NpvitposeError("--det-every carries boxes frame to frame, in one process; it does not apply "
-                                 "with --dask")
-        if args.precision != "fp32":
-            raise NpvitposeError("--precision with --dask: the workers load fp32 only, for now")
-        results, failed = _infer_dask(args, inputs, detections, targets)
-    else:
-        model = load(model_path, precision=args.precision)
-        if model.precision != "fp32" and not model._gemm.FAST:
-            warn(f"--precision {args.precision}: {kernel_name(args.precision)}")
-        runner = run.Runner(model, _options(args))
-        try:
+    if args.dask is not None and any(run.is_camera(p) for p in inputs):
+        raise NpvitposeError("a camera is read live, by one process: it does not apply with --dask")
+    if args.dask is not None and args.precision != "fp32":
+        raise NpvitposeError("--precision with --dask: the workers load fp32 only, for now")
+    try:
+        if args.dask is not None:
+            results, failed = _infer_dask(args, inputs, detections, targets, sink)
+        else:
+            model = load(model_path, precision=args.precision)
+            if model.precision != "fp32" and not model._gemm.FAST:
+                warn(f"--precision {args.precision}: {kernel_name(args.precision)}")
+            runner = run.Runner(model, _options(args))
             results, failed = run.run(runner, detections, inputs, targets, sink)
-        finally:
-            if sink is not None:
-                sink.close()
+    finally:
+        if sink is not None:
+            sink.close()
 
     if failed < len(inputs) and sink is None:
         text = json.dumps(results, separators=(",", ":")) + "\n"
@@ -140,7 +136,7 @@ def cmd_infer(args, parser):
     return 0
 
 
-def _infer_dask(args, inputs, detections, targets):
+def _infer_dask(args, inputs, detections, targets, sink):
     """The same job over a Dask cluster (--dask ADDRESS or local:N); dask is imported only here."""
     try:
         from . import distributed
@@ -153,7 +149,7 @@ def _infer_dask(args, inputs, detections, targets):
     with distributed.connect(args.dask, threads=args.threads, timeout=args.dask_timeout) as client:
         return distributed.run(client, inputs, detections, args.model, _options(args), targets,
                                lambda path, message: error(message), progress=True, timeout=args.dask_timeout,
-                               cache=args.cache)
+                               cache=args.cache, sink=sink)
 
 
 # ---------------------------------------------------------------------------------------------- others

@@ -387,6 +387,14 @@ class VideoTracks:
         return records, shown, ids
 
 
+def video_fps(capture):
+    """The frame rate a video announces, or 25 when it announces none (or nonsense)."""
+    import cv2
+
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    return fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 25.0
+
+
 def process_video(runner, boxes, path, vis_target=None, sink=None):
     """Every frame: boxes (from the source every det_every frames, else carried from the keypoints), poses,
     track ids, optional smoothing; records carry `track_id`. A camera runs until Ctrl-C, which ends it cleanly."""
@@ -398,8 +406,7 @@ def process_video(runner, boxes, path, vis_target=None, sink=None):
     with contextlib.ExitStack() as stack:
         stack.callback(capture.release)
         announced = 0 if camera else int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        fps = fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 25.0
+        fps = video_fps(capture)
         bar = Progress(max(announced, 0) or None, os.path.basename(str(path)), unit="frames")
         records, index, writer = [], 0, None
         while True:

@@ -135,6 +135,20 @@ def test_video_local_cluster_same_bytes_as_single_process(tmp_path, capsys, mode
     assert (tmp_path / "dask.avi").read_bytes() == (tmp_path / "one.avi").read_bytes()
 
 
+def test_streamed_whole_image_folder_and_det_every_video_same_bytes(tmp_path, capsys, model_path, client):
+    images, _ = folder(tmp_path, [0, 0, 0])  # boxes from a source of its own (the whole image), on the workers
+    video = write_video(tmp_path / "clip.avi", "MJPG", 14, seed=300)
+    dets = write_json(tmp_path / "dets.json", coco({f: person_boxes(1 + f % 2, f) for f in range(14)}))
+    address = client.scheduler.address
+    for job in (["infer", images, "--whole-image"], ["infer", video, dets, "--det-every", "3", "--track", "oks"]):
+        outputs = []
+        for extra in ([], ["--dask", address]):
+            out = tmp_path / f"out{len(outputs)}.jsonl"  # streamed: one line per image or frame, in order
+            code, _, err = cli(capsys, *job, "--model", model_path, "-o", out, *extra)
+            outputs.append((code, err, out.read_bytes()))
+        assert outputs[0] == outputs[1] and outputs[0][2].count(b"\n") in (3, 14)
+
+
 def test_video_ranges_without_vis_match(tmp_path, model_path, client):
     video = write_video(tmp_path / "clip.mp4", "mp4v", 25, seed=200)
     dets = Detections(write_json(tmp_path / "dets.json", coco({f: person_boxes(1 + f % 2, f) for f in range(25)})))
