@@ -6,8 +6,9 @@
 
 Random weights of the variant's shapes, saved as an .npz; synthetic 640x480 JPEGs with COCO detections.
 Engines, all on the same cores, each kept alive across rounds and run in turn round by round (the
-machine is noisy: compare the ratios): the single-process job (`run.run`, one forward per image), the
-same process with crops batched across images (`pipeline.predict_stream`, what a worker does), and
+machine is noisy: compare the ratios): the single-process job (`run.run`, one forward per image) and
+the same with crops batched across images (`pipeline.predict_stream`, what a worker does), each in a
+process of its own, and
 LocalClusters of 1 worker x all cores and N workers x cores/N (model memory-mapped, and read into each
 worker for comparison). Every engine's records must equal the single-process ones. Cluster start-up and
 the first job (each worker loading the model) are timed apart from the rounds. Memory per worker is read
@@ -79,39 +80,70 @@ def make_job(folder, variant, images, people, seed=0):
     return model, str(folder / "images"), str(boxes)
 
 
+def _single_process(conn, model, batched, threads, dets):
+    """A process of its own, as `npvitpose infer` is: no Dask event loop competing for its GIL."""
+    from npvitpose.model import load
+    from npvitpose.run import Detections, Runner
+    from npvitpose.threads import set_threads
+
+    set_threads(threads)
+    runner, boxes = Runner(load(model)), Detections(dets)
+    while True:
+        inputs = conn.recv()
+        if inputs is None:
+            conn.send(memory())
+            return
+        t = time.perf_counter()
+        records = _batched(runner, inputs, boxes) if batched else _one_by_one(runner, inputs, boxes)
+        conn.send((time.perf_counter() - t, records))
+
+
+def _one_by_one(runner, inputs, boxes):
+    from npvitpose.run import run
+
+    records, failed = run(runner, boxes, inputs)
+    assert failed == 0
+    return records
+
+
+def _batched(runner, inputs, boxes):
+    from npvitpose.images import read_image
+    from npvitpose.pipeline import predict_stream
+
+    def items():
+        for path in inputs:
+            image_id, found, scores = boxes.for_image(path, None)
+            yield path, read_image(path), found, (image_id, found, scores)
+
+    records = []
+    for _, (image_id, found, scores), kp, sc in predict_stream(runner.model, items()):
+        records.extend(runner.records(image_id, *runner.finish(kp, sc, found, scores)))
+    return records
+
+
 class Single:
-    """The single-process job, as `npvitpose infer` runs it."""
+    """The single-process job in a spawned process: one forward per image as `npvitpose infer` runs it, or
+    with the crops of many images batched as a worker runs them."""
 
-    def __init__(self, model, batched, threads):
-        from npvitpose.model import load
-        from npvitpose.run import Runner
-        from npvitpose.threads import set_threads
+    def __init__(self, model, batched, threads, dets):
+        import multiprocessing
 
-        set_threads(threads)
-        self.runner, self.batched = Runner(load(model)), batched
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_single_process, args=(child, model, batched, threads, dets), daemon=True)
+        self.process.start()
 
     def __call__(self, inputs, boxes):
-        from npvitpose.run import run
-
-        if not self.batched:
-            records, failed = run(self.runner, boxes, inputs)
-            assert failed == 0
-            return records
-        return self._batched(inputs, boxes)
-
-    def _batched(self, inputs, boxes):
-        from npvitpose.images import read_image
-        from npvitpose.pipeline import predict_stream
-
-        def items():
-            for path in inputs:
-                image_id, found, scores = boxes.for_image(path, None)
-                yield path, read_image(path), found, (image_id, found, scores)
-
-        records = []
-        for _, (image_id, found, scores), kp, sc in predict_stream(self.runner.model, items()):
-            records.extend(self.runner.records(image_id, *self.runner.finish(kp, sc, found, scores)))
+        self.conn.send(list(inputs))
+        self.seconds, records = self.conn.recv()
         return records
+
+    def memory(self):
+        self.conn.send(None)
+        return [self.conn.recv()]
+
+    def close(self):
+        self.process.join(timeout=30)
 
 
 class Cluster:
@@ -167,8 +199,8 @@ def main(argv=None):
         model, folder, dets = make_job(Path(tmp), args.variant, args.images, args.people)
         inputs, boxes = expand_inputs([folder]), Detections(dets)
         engines = {
-            "one process (one forward per image)": Single(model, False, cores),
-            "one process, crops batched across images": Single(model, True, cores),
+            "one process (one forward per image)": Single(model, False, cores, dets),
+            "one process, crops batched across images": Single(model, True, cores, dets),
             f"dask local:1 x {cores} threads": Cluster(1, cores, model, True, inputs, boxes),
             f"dask local:{n} x {max(cores // n, 1)} threads": Cluster(n, max(cores // n, 1), model, True, inputs,
                                                                       boxes),
@@ -181,19 +213,18 @@ def main(argv=None):
                 for name, engine in engines.items():
                     t = time.perf_counter()
                     records = engine(inputs, boxes)
-                    times[name].append(time.perf_counter() - t)
+                    times[name].append(getattr(engine, "seconds", time.perf_counter() - t))
                     reference = records if reference is None else reference
                     if records != reference:
                         raise SystemExit(f"{name}: records differ from the single-process run")
                     print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s", file=sys.stderr)
-            memories = {name: e.memory() for name, e in engines.items() if isinstance(e, Cluster)}
+            memories = {name: e.memory() for name, e in engines.items()}
             startup = {name: {"start_s": round(e.start_s, 2), "first_job_s": round(e.first_job_s, 2)}
                        for name, e in engines.items() if isinstance(e, Cluster)}
             here = memory()
         finally:
             for e in engines.values():
-                if isinstance(e, Cluster):
-                    e.close()
+                e.close()
 
     base = float(np.median(times[next(iter(engines))]))
     people = args.images * args.people
@@ -216,14 +247,14 @@ def markdown(result):
     lines = [f"{result['variant']}, {result['images']} images x {result['people_per_image']} person, "
              f"flip test on, {result['cores']} cores, median of {result['rounds']} interleaved rounds", "",
              "| engine | s per job (min-max) | people/s | vs one process | cluster start s | first job s "
-             "| per worker Rss / Pss / private MB |", "|---|---|---|---|---|---|---|"]
+             "| per process Rss / Pss / private MB |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mem = "; ".join(f"{w['rss_mb']:.0f} / {w['pss_mb']:.0f} / {w['private_mb']:.0f}" for w in r["workers"] or [])
         lines.append(f"| {r['engine']} | {r['median_s']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f}) | "
                      f"{r['people_per_s']:.2f} | {r['speedup']:.2f}x | {r.get('start_s', '')} | "
                      f"{r.get('first_job_s', '')} | {mem} |")
     m = result["this_process_memory"]
-    lines += ["", f"The benchmark process (client and both single-process engines, two loaded models): "
+    lines += ["", f"The benchmark process (the clusters' schedulers and nannies, their clients): "
                   f"Rss {m['rss_mb']:.0f} MB, Pss {m['pss_mb']:.0f} MB."]
     return "\n".join(lines) + "\n"
 
