@@ -314,6 +314,7 @@ def main(argv=None):
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "npvitpose-bench"))
     p.add_argument("--out", default="docs/bench", help="prefix of the .json, .md and .png written")
     p.add_argument("--no-startup", action="store_true", help="skip the `npvitpose infer` start-up timing")
+    p.add_argument("--no-scaling", action="store_true", help="skip the 1- vs 2-thread run")
     p.add_argument("--worker", choices=ENGINES, dest="engine", help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -335,8 +336,9 @@ def main(argv=None):
         results.append(bench_variant(variant, head, args.batches, args.repeats, args.threads, args.workdir,
                                      args.engines))
     first = results[0]
-    scale = dict(scaling(first["variant"], first["head"], args.batches[-1], args.workdir, 3),
-                 model=f"{first['variant']} {first['head']}", batch=args.batches[-1])
+    scale = None if args.no_scaling else dict(
+        scaling(first["variant"], first["head"], args.batches[-1], args.workdir, 3),
+        model=f"{first['variant']} {first['head']}", batch=args.batches[-1])
     start = None
     if not args.no_startup:
         from skimage import data
