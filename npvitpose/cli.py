@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from .errors import NpvitposeError
-from .messages import PROG, error, os_message, warn
+from .messages import PROG, error, isatty, note, os_message, set_quiet, warn
 from .outputs import Protected, check_target, same_file, write_text_atomic
 
 # the command's errors are its own one-liners: OpenCV's and FFmpeg's log lines would only add noise to them
@@ -23,6 +23,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 DEFAULT_MODEL = "vitpose-b"  # usyd-community/vitpose-base: ViTPose-B, classic head, COCO (spec 7)
 DATASET_NAMES = ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody")
 DECODERS = ("default", "argmax", "quarter", "dark-udp")
+LOAD_NOTE_BYTES = 50_000_000  # loading takes a noticeable moment from about here (ViTPose-S is 100 MB)
+EXIT_EMPTY = 3  # nothing produced from a non-empty boxes file: documented in the README and `infer --help`
 
 
 def _set_threads(n):
@@ -35,10 +37,6 @@ def _set_threads(n):
         warn(f"--threads {n}: using {used}, the most this process allows (NUMBA_NUM_THREADS)")
 
 
-def _note(text):
-    sys.stderr.write(f"{PROG}: {text}\n")
-
-
 # ---------------------------------------------------------------------------------------------- infer
 
 
@@ -48,7 +46,8 @@ def _options(args):
     return Options(box_format=args.box_format, bbox_thr=args.bbox_thr, flip=not args.no_flip, decode=args.decode,
                    nms_thr=args.nms_thr, batch_size=args.batch_size, kpt_thr=args.kpt_thr, radius=args.radius,
                    thickness=args.thickness, draw_bbox=args.draw_bbox, skeleton_style=args.skeleton_style,
-                   det_every=args.det_every, track=args.track, track_thr=args.track_thr, smooth=args.smooth)
+                   det_every=args.det_every, track=args.track, track_thr=args.track_thr, smooth=args.smooth,
+                   layout=args.format)
 
 
 def _boxes_source(args, parser, inputs):
@@ -69,7 +68,7 @@ def _boxes_source(args, parser, inputs):
             parser.error("--whole-image uses no detector; leave --detector out")
         return run.DetectedBoxes(None, args.bbox_thr, inputs, args.image_id), None
     run.check_job(inputs, None)  # nothing to read: say so before downloading a detector
-    path = resolve_detector(args.detector or DEFAULT_DETECTOR, args.cache, note=_note)
+    path = resolve_detector(args.detector or DEFAULT_DETECTOR, args.cache, note=note)
     detector = Detector(path, args.det_size, args.det_thr, args.det_nms_thr)
     if args.threads is not None:
         import cv2
@@ -78,30 +77,83 @@ def _boxes_source(args, parser, inputs):
     return run.DetectedBoxes(detector, args.bbox_thr, inputs, args.image_id), path
 
 
+def _json(data, readable):
+    """Compact JSON, or on a terminal one record per line: readable without scrolling through numbers."""
+    if not readable or not data:
+        return json.dumps(data, separators=(",", ":")) + "\n"
+    if isinstance(data, dict):
+        items = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in data.items()]
+        return "{\n " + ",\n ".join(items) + "\n}\n"
+    return "[\n " + ",\n ".join(json.dumps(r) for r in data) + "\n]\n"
+
+
+def _people(records, layout):
+    """How many people the records hold (an mmpose video has one entry per frame)."""
+    if layout == "mmpose":
+        return sum(len(r["instances"]) if "frame_id" in r else 1 for r in records)
+    return len(records)
+
+
+def _pred_targets(folder, inputs):
+    """--pred-out-dir: one `<stem>.json` per input, as mmpose's inferencer writes them."""
+    if folder is None:
+        return {}
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NpvitposeError(f"--pred-out-dir {folder!r} is a file, not a folder")
+    targets = {}
+    for path in inputs:
+        target = os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".json")
+        if target in targets.values():
+            other = next(p for p, t in targets.items() if t == target)
+            raise NpvitposeError(f"--pred-out-dir: {other!r} and {path!r} would both be written to {target!r}")
+        targets[path] = target
+    return targets
+
+
+def _note_compile():
+    from .run import jit_cache_cold
+
+    if jit_cache_cold():
+        note("first run: compiling the kernels for this machine, once (about 10 s, up to a minute on a busy "
+             "machine); later runs reuse them")
+
+
 def cmd_infer(args, parser):
-    from . import fetch, run
+    from . import fetch, pipeline, run  # noqa: F401 - pipeline: its kernels count in the compile check
     from .model import kernel_name, load
 
-    # the last PATH is the boxes file when it is .json; without one a person detector finds the boxes
-    args.boxes = args.paths[-1] if len(args.paths) > 1 and args.paths[-1].lower().endswith(".json") else None
+    # the last PATH is the boxes file when it is .json (or -, standard input); without one a detector finds them
+    last = args.paths[-1]
+    args.boxes = last if len(args.paths) > 1 and (last == "-" or last.lower().endswith(".json")) else None
     raw_inputs = args.paths[:-1] if args.boxes is not None else args.paths
     if args.boxes is not None and os.path.isdir(args.boxes):
         parser.error("the last argument must be the detections JSON file")
+    if "-" in raw_inputs:
+        parser.error("'-' (standard input) can only be the boxes file, the last argument")
     inputs = run.expand_inputs(raw_inputs)
     _set_threads(args.threads)
     detections, boxes_file = _boxes_source(args, parser, inputs)
-    run.check_job(inputs, detections)
-    model_path = fetch.resolve(args.model, args.cache, note=_note)
-    protected = Protected([p for p in inputs if not run.is_camera(p)] + [boxes_file, args.images, model_path])
+    empty = run.check_job(inputs, detections)  # with a boxes file: every image matched before any model work
     if args.output is not None:
-        protected.check(args.output, "-o")
         check_target(args.output, "-o")
     targets = run.vis_targets(args.vis, inputs)
-    for target in targets:
+    preds = _pred_targets(args.pred_out_dir, inputs)
+    if args.dask is not None and (preds or args.format != "coco"):
+        raise NpvitposeError("--dask writes COCO results to one file for now: no --pred-out-dir or --format mmpose")
+    _warn_empty(args, detections, inputs, empty)
+    readable = args.output is None and isatty(sys.stdout)
+    if empty and len(empty) == len(inputs) and detections.count:  # nothing to do: no model work at all
+        _write_results([], {}, args, readable)
+        return EXIT_EMPTY
+
+    model_path = fetch.resolve(args.model, args.cache, note=note)
+    protected = Protected([p for p in inputs if not run.is_camera(p)] + [boxes_file, args.images, model_path])
+    for flag, target in ([("-o", args.output)] + [("--vis", t) for t in targets] +
+                         [("--pred-out-dir", t) for t in preds.values()]):
         if target is not None:
-            protected.check(target, "--vis")
-            if args.output is not None and same_file(target, args.output):
-                raise NpvitposeError(f"--vis {target!r} and -o are the same file")
+            protected.check(target, flag)
+            if flag != "-o" and args.output is not None and same_file(target, args.output):
+                raise NpvitposeError(f"{flag} {target!r} and -o are the same file")
 
     stream = args.output is not None and args.output.lower().endswith(".jsonl")
     camera = args.output is None and any(run.is_camera(p) for p in inputs)  # a camera run streams to stdout
@@ -110,30 +162,63 @@ def cmd_infer(args, parser):
         raise NpvitposeError("a camera is read live, by one process: it does not apply with --dask")
     if args.dask is not None and args.precision != "fp32":
         raise NpvitposeError("--precision with --dask: the workers load fp32 only, for now")
+    per_input = {}
+
+    def done(path, records):
+        per_input[path] = records
+        if path in preds:
+            os.makedirs(args.pred_out_dir, exist_ok=True)
+            write_text_atomic(preds[path], _json(records, False))
+
     try:
         if args.dask is not None:
             results, failed = _infer_dask(args, inputs, detections, targets, sink)
         else:
+            size = os.path.getsize(model_path)
+            if size >= LOAD_NOTE_BYTES:
+                note(f"loading the model {model_path} ({size / 1e6:.0f} MB)")
             model = load(model_path, precision=args.precision)
             if model.precision != "fp32" and not model._gemm.FAST:
                 warn(f"--precision {args.precision}: {kernel_name(args.precision)}")
             runner = run.Runner(model, _options(args))
-            results, failed = run.run(runner, detections, inputs, targets, sink)
+            _note_compile()
+            results, failed = run.run(runner, detections, inputs, targets, sink, done)
     finally:
         if sink is not None:
             sink.close()
 
     if failed < len(inputs) and sink is None:
-        text = json.dumps(results, separators=(",", ":")) + "\n"
-        if args.output is None:
-            sys.stdout.write(text)
-        else:
-            write_text_atomic(args.output, text)
+        _write_results(results, per_input, args, readable)
     if failed:
         if len(inputs) > 1:
             error(f"{failed} of {len(inputs)} inputs failed")
         return 1
+    if detections.count and not _people(results, args.format):
+        warn(f"no keypoints produced: none of the boxes in {detections.name} belong to the input"
+             + ("s" if len(inputs) > 1 else "") + (" (a video's COCO image_id is the frame index)"
+                                                   if any(run.is_video(p) for p in inputs) else ""))
+        return EXIT_EMPTY
     return 0
+
+
+def _warn_empty(args, detections, inputs, empty):
+    """One warning for the images the boxes file gives no box (and did not say `[]` for)."""
+    thr = f" at --bbox-thr {args.bbox_thr}" if args.bbox_thr > 0 else ""
+    if len(empty) == 1 and len(inputs) == 1:
+        warn(f"{detections.name} has no person boxes{thr} for {empty[0]}" + (
+             f" (image id {detections.key(empty[0])!r})" if detections.coco else ""))
+    elif empty:
+        warn(f"{len(empty)} of {len(inputs)} images have no person boxes{thr} in {detections.name} "
+             f"(first: {empty[0]})")
+
+
+def _write_results(results, per_input, args, readable):
+    data = per_input if args.format == "mmpose" else results  # mmpose: {input path: its instances}
+    text = _json(data, readable)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(args.output, text)
 
 
 def _infer_dask(args, inputs, detections, targets, sink):
@@ -238,47 +323,107 @@ def _int_at_least(minimum, maximum=None):
 _positive_int = _int_at_least(1)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog=PROG, description="ViTPose pose estimation on NumPy and Numba.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+BOXES_HELP = """\
+BOXES.json (the last argument, optional: without it a person detector finds the people;
+- reads it from standard input), one of:
+  [[x, y, w, h, score], ...]                   the boxes of one image (the score may be left out)
+  [{"bbox": [x, y, w, h], "score": s}, ...]    the same, as objects
+  {"frame_0001.jpg": [[x, y, w, h, s], ...], "frame_0002.jpg": [], ...}
+                                               boxes keyed by image file name (a folder, any names)
+  [{"image_id": 42, "category_id": 1, "bbox": [x, y, w, h], "score": s}, ...]
+                                               COCO detection results (persons only); an image's id
+                                               is its numeric file name (000000000042.jpg), or comes
+                                               from --images or --image-id; a video's is the frame index
+  --box-format xyxy reads [x1, y1, x2, y2] instead of [x, y, w, h].
 
-    p = sub.add_parser("convert", help="convert a .pth / .safetensors / HF folder into an npvitpose .npz")
+output (-o, standard output, --pred-out-dir):
+  --format coco (default): [{"image_id": 42, "category_id": 1, "keypoints": [x, y, score, ...],
+    "score": s, "bbox": [x, y, w, h]}, ...]; keypoints are always x then y, in image pixels; the
+    score is the box score times the mean of the keypoint scores above 0.2. A file keyed by name
+    gives image_id = its numeric file name, else the file name.
+  --format mmpose: per input [{"keypoints": [[x, y], ...], "keypoint_scores": [...],
+    "bbox": [[x1, y1, x2, y2]], "bbox_score": s}, ...] (a video: [{"frame_id": i, "instances": [...]}]);
+    -o then holds {input path: that list}.
+  --pred-out-dir DIR writes DIR/<input name>.json for each input, as mmpose does.
+  -o OUT.jsonl streams one line per image or frame: {"image_id", "file" or "time", "people": [...]}.
+
+exit status: 0 done; 1 an error, or some inputs failed (the others are written); 2 a wrong command
+  line; 3 nothing produced: the boxes file has boxes, but none for these inputs (or all below --bbox-thr).
+"""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line (where it has one), the epilog kept as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser():
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=PROG, description="ViTPose pose estimation on NumPy and Numba.",
+                                     formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress or notes (warnings and errors stay)")
+
+    def command(name, run, **kw):
+        p = sub.add_parser(name, parents=[common], formatter_class=_Help, **kw)
+        p.set_defaults(run=run, parser=p)  # the command's own usage in its errors
+        return p
+
+    p = command("convert", cmd_convert, help="convert a .pth / .safetensors / HF folder into an npvitpose .npz")
     p.add_argument("src", metavar="SRC", help="official .pth, HF model.safetensors, or an HF model folder")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     p.add_argument("--dataset", choices=DATASET_NAMES, help="head / expert of a multi-dataset checkpoint")
-    p.set_defaults(run=cmd_convert)
 
-    p = sub.add_parser("infer", help="keypoints of the people in images, a folder, a video or a camera",
-                       usage=f"{PROG} infer [options] INPUT... [BOXES.json] [--model MODEL]")
+    p = command("infer", cmd_infer, help="keypoints of the people in images, a folder, a video or a camera",
+                usage=f"{PROG} infer [options] INPUT... [BOXES.json]", epilog=BOXES_HELP,
+                description="Keypoints of the people in images, folders of images (or quoted globs such as "
+                            "'frames/*.jpg'), one video or a camera, in the boxes of BOXES.json or found by a "
+                            "person detector.")
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="images, folders of images, one video or a camera index (0), then optionally a boxes "
-                        ".json; without one a person detector finds the people")
+                   help="images, folders of images, one video or a camera index (0), then optionally the boxes "
+                        "(a .json, or - for standard input: see below)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a converted .npz, or a published model name, downloaded on first use "
-                        f"(default: {DEFAULT_MODEL}; see `{PROG} fetch --list`)")
-    p.add_argument("--cache", metavar="DIR", help="cache folder for fetched model names")
+                        f"(see `{PROG} fetch --list`)")
+    p.add_argument("--cache", metavar="DIR", help="cache folder for fetched model names "
+                                                  "(default: $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
     p.add_argument("-o", "--output", metavar="OUT.json",
-                   help="COCO keypoint results (default: stdout); OUT.jsonl streams one line per image or frame")
-    p.add_argument("--vis", metavar="OUT.jpg|DIR", help="also draw the keypoints (an image, a video or a folder)")
-    p.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh")
+                   help="the results (default: standard output); OUT.jsonl streams one line per image or frame")
+    p.add_argument("--pred-out-dir", metavar="DIR", help="also write one DIR/<input name>.json per input")
+    p.add_argument("--format", choices=("coco", "mmpose"), default="coco", help="layout of the results")
+    p.add_argument("--vis", metavar="OUT.jpg|DIR", help="also draw the keypoints (an image, a video, or a "
+                                                        "folder for several inputs)")
+    p.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh", help="how the boxes are written")
     p.add_argument("--bbox-thr", type=_nonneg_float, default=0.0, help="skip boxes scoring below this")
     p.add_argument("--kpt-thr", type=_nonneg_float, default=0.3, help="draw keypoints scoring at least this")
     # bounded: OpenCV's drawing fails on absurd sizes (a thickness over 32767, a radius over 2^31)
-    p.add_argument("--radius", type=_int_at_least(0, 1000), default=4)
-    p.add_argument("--thickness", type=_int_at_least(1, 1000), default=2)
+    p.add_argument("--radius", type=_int_at_least(0, 1000), default=4, help="keypoint radius in --vis, pixels")
+    p.add_argument("--thickness", type=_int_at_least(1, 1000), default=2, help="limb width in --vis, pixels")
     p.add_argument("--no-flip", action="store_true", help="skip the flip test (about 2x faster)")
     p.add_argument("--decode", choices=DECODERS, default="default",
-                   help="default: the model's own (DARK-UDP or quarter shift)")
-    p.add_argument("--nms-thr", type=_nonneg_float, metavar="T", help="OKS-NMS threshold (0.9 in COCO eval)")
+                   help="heatmap decoding: the model's own (DARK-UDP or quarter shift), or another rule to "
+                        "compare with other tools")
+    p.add_argument("--nms-thr", type=_nonneg_float, metavar="T", help="OKS-NMS threshold (0.9 in COCO eval; "
+                                                                       "default: no NMS)")
     p.add_argument("--image-id", metavar="N", help="image_id of the one input in COCO detections")
     p.add_argument("--images", metavar="COCO_IMAGES.json", help="COCO image list to match file names to ids")
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="threads for the kernels and BLAS together (default: all cores, or NPVITPOSE_THREADS)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="people per pipeline call (bounds memory)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N",
+                   help="people per pipeline call, to bound memory (default: all the boxes of an image)")
     p.add_argument("--dask", metavar="ADDRESS|local:N",
                    help="run over a Dask cluster: a scheduler address, or local:N to start N worker processes here")
     p.add_argument("--dask-timeout", type=_positive_float, default=10.0, metavar="S",
-                   help="seconds to reach the scheduler, and that a cluster may stay without workers (default 10)")
+                   help="seconds to reach the scheduler, and that a cluster may stay without workers")
     g = p.add_argument_group("person detection (when no BOXES.json is given)")
     g.add_argument("--detector", metavar="NAME|FILE.onnx",
                    help="a YOLOX (or ultralytics-layout) ONNX file run by cv2.dnn, or a published name: "
@@ -295,19 +440,18 @@ def build_parser():
     g.add_argument("--smooth", action="store_true", help="One-Euro smoothing of each track's keypoints")
     g = p.add_argument_group("drawing")
     g.add_argument("--draw-bbox", action="store_true", help="outline each person's box")
-    g.add_argument("--skeleton-style", choices=("mmpose", "openpose"), default="mmpose")
+    g.add_argument("--skeleton-style", choices=("mmpose", "openpose"), default="mmpose",
+                   help="limb colours and layout")
     p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="arithmetic of the linear layers: fp32 (exact, default), bf16 or int8 (faster, drift: README)")
-    p.set_defaults(run=cmd_infer)
+                   help="arithmetic of the linear layers: fp32 (exact), bf16 or int8 (faster, drift: README)")
 
-    p = sub.add_parser("fetch", help="download and convert a published checkpoint into the cache")
+    p = command("fetch", cmd_fetch, help="download and convert a published checkpoint into the cache")
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="e.g. vitpose-b, vitpose-plus-s, original-vitpose-b, or a person detector: yolox-s")
     p.add_argument("--list", action="store_true", help="list the known names")
-    p.add_argument("--cache", metavar="DIR", help="cache folder (default $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
-    p.add_argument("--endpoint", metavar="URL", help="hub address (default $HF_ENDPOINT or https://huggingface.co)")
+    p.add_argument("--cache", metavar="DIR", help="cache folder (default: $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
+    p.add_argument("--endpoint", metavar="URL", help="hub address (default: $HF_ENDPOINT or https://huggingface.co)")
     p.add_argument("--dataset", choices=DATASET_NAMES, help="head / expert of a multi-dataset checkpoint")
-    p.set_defaults(run=cmd_fetch)
 
     sub.add_parser("bench", help="speed and accuracy benchmarks (options: npvitpose bench --help)")
     return parser
@@ -320,7 +464,8 @@ def main(argv=None):
         run = lambda: cmd_bench(argv[1:])  # noqa: E731 - the bench module parses its own options
     else:
         args = parser.parse_args(argv)
-        run = lambda: args.run(args, parser)  # noqa: E731
+        set_quiet(args.quiet)
+        run = lambda: args.run(args, args.parser)  # noqa: E731
     try:
         return run()
     except NpvitposeError as e:

@@ -411,9 +411,7 @@ class _Job:
 
     def fail(self, path, message):
         self.failed += 1
-        if getattr(self.progress, "enabled", False):
-            sys.stderr.write("\n")  # off the progress bar's line
-        self.on_error(path, message)
+        self.on_error(path, message)  # messages.error ends a progress bar's line first
 
     def track(self, progress, total, label, unit):
         from .messages import Progress
