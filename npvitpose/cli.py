@@ -1,4 +1,4 @@
-"""`npvitpose` command line: convert, infer, fetch, bench.
+"""`npvitpose` command line: infer, convert, fetch, cache, eval, bench.
 
 User errors print one line `npvitpose: error: <message>` on stderr and exit 1 (usage errors: 2).
 Outputs are written to a temporary file next to the target and renamed, so a failed run leaves no
@@ -146,7 +146,7 @@ def cmd_infer(args, parser):
         _write_results([], {}, args, readable)
         return EXIT_EMPTY
 
-    model_path = fetch.resolve(args.model, args.cache, note=note)
+    model_path = fetch.resolve(args.model, args.cache, note=note, dataset=args.dataset)
     protected = Protected([p for p in inputs if not run.is_camera(p)] + [boxes_file, args.images, model_path])
     for flag, target in ([("-o", args.output)] + [("--vis", t) for t in targets] +
                          [("--pred-out-dir", t) for t in preds.values()]):
@@ -240,16 +240,32 @@ def _infer_dask(args, inputs, detections, targets, sink):
 # ---------------------------------------------------------------------------------------------- others
 
 
+def _convert_target(src, dataset):
+    """`convert` without -o: <name>[-<dataset>].npz beside the checkpoint, else (a read-only folder) in the cache."""
+    from .fetch import cache_folder
+
+    base = os.path.normpath(os.path.abspath(src))
+    stem = os.path.basename(base) if os.path.isdir(base) else os.path.splitext(os.path.basename(base))[0]
+    name = stem + (f"-{dataset}" if dataset else "") + ".npz"
+    beside = os.path.dirname(base)
+    if os.access(beside, os.W_OK):
+        return os.path.join(beside, name)
+    folder = os.path.join(cache_folder(), "converted")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
+
+
 def cmd_convert(args, parser):
     from .convert import convert
 
     if not os.path.exists(args.src):
         raise NpvitposeError(f"{args.src!r}: no such file or folder")
+    output = args.output if args.output is not None else _convert_target(args.src, args.dataset)
     inside = [os.path.join(args.src, n) for n in os.listdir(args.src)] if os.path.isdir(args.src) else []
-    Protected([args.src, *inside]).check(args.output, "-o")
-    check_target(args.output, "-o")
-    meta = convert(args.src, args.output, args.dataset)
-    print(f"{args.output}: {meta.get('dataset')} model, {meta.get('head')} head, "
+    Protected([args.src, *inside]).check(output, "-o")
+    check_target(output, "-o")
+    meta = convert(args.src, output, args.dataset)
+    print(f"{output}: {meta.get('dataset')} model, {meta.get('head')} head, "
           f"{meta.get('num_keypoints')} keypoints, dim {meta.get('dim')}, depth {meta.get('depth')}")
     return 0
 
@@ -268,9 +284,78 @@ def cmd_fetch(args, parser):
     if args.name is None:
         parser.error("fetch needs a model NAME (or --list)")
     if args.name.strip().lower() in DETECTORS:
-        print(fetch_detector(args.name.strip().lower(), args.cache, args.endpoint, note=_note))
+        print(fetch_detector(args.name.strip().lower(), args.cache, args.endpoint, note=note))
+        return 0
+    if args.source is not None:  # offline: a file the user has, installed under NAME
+        print(fetch.install(args.source, args.name, cache=args.cache, dataset=args.dataset))
         return 0
     print(fetch.fetch(args.name, cache_dir=args.cache, endpoint=args.endpoint, dataset=args.dataset))
+    return 0
+
+
+def _describe(path):
+    """One line on a cached model, from its metadata record alone (the weights are not read)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["__meta__"]))
+        return (f"{meta.get('dataset')}, {meta.get('head')} head, dim {meta.get('dim')}, "
+                f"from {meta.get('source_name')}")
+    except Exception:  # a listing never fails on one damaged file: it says so
+        return "not a readable npvitpose model"
+
+
+def cmd_cache(args, parser):
+    import shutil
+
+    from . import fetch
+
+    root = fetch.cache_folder(args.cache)
+    entries = fetch.cache_entries(args.cache)
+    if args.remove:
+        wanted = set()
+        for name in args.remove:
+            hits = [p for _, p, _ in entries if os.path.basename(p) in (name, name + ".npz")]
+            if fetch.is_model_name(name):
+                hits += [p for _, p, _ in entries if os.path.basename(p).startswith(fetch.canonical_name(name))
+                         and p.endswith(".npz") and os.path.dirname(p) == root]
+            if not hits:
+                raise NpvitposeError(f"{name!r} is not in the cache {root} (see `{PROG} cache`)")
+            wanted.update(hits)
+        entries = [e for e in entries if e[1] in wanted]
+    if args.remove or args.clear:
+        for _, path, size in entries:
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            print(f"removed {path} ({size / 1e6:.1f} MB)")
+        return 0
+    print(f"{root}:" + ("" if entries else " empty"))
+    what = {"download": "an unfinished download (the next fetch resumes it)"}
+    for kind, path, size in entries:
+        shown = os.path.relpath(path, root)
+        print(f"  {shown:48s} {size / 1e6:9.1f} MB  {what.get(kind) or _describe(path)}")
+    if entries:
+        print(f"  {'total':48s} {sum(e[2] for e in entries) / 1e6:9.1f} MB")
+    return 0
+
+
+def cmd_eval(args, parser):
+    from . import eval as coco_eval
+    from .boxes import read_json
+
+    if args.output is not None:
+        Protected([args.results, args.annotations]).check(args.output, "-o")
+        check_target(args.output, "-o")
+    results = read_json(args.results, "results")
+    annotations = read_json(args.annotations, "annotations")
+    names = (os.path.basename(args.results), os.path.basename(args.annotations))
+    metrics = coco_eval.evaluate(results, annotations, result_images_only=args.result_images_only, names=names)
+    covered = len({r["image_id"] for r in results})
+    annotated = len({a["image_id"] for a in annotations["annotations"] if "keypoints" in a})
+    if not args.result_images_only and covered < annotated:
+        warn(f"the results cover {covered} of the {annotated} annotated images; the others count as missed "
+             "(--result-images-only scores only the covered ones)")
+    if args.output is not None:
+        write_text_atomic(args.output, json.dumps(metrics, indent=1) + "\n")
+    sys.stdout.write(coco_eval.table(metrics))
     return 0
 
 
@@ -380,7 +465,8 @@ def build_parser():
 
     p = command("convert", cmd_convert, help="convert a .pth / .safetensors / HF folder into an npvitpose .npz")
     p.add_argument("src", metavar="SRC", help="official .pth, HF model.safetensors, or an HF model folder")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    p.add_argument("-o", "--output", metavar="OUT.npz",
+                   help="where to write it (default: SRC's name with .npz, beside it)")
     p.add_argument("--dataset", choices=DATASET_NAMES, help="head / expert of a multi-dataset checkpoint")
 
     p = command("infer", cmd_infer, help="keypoints of the people in images, a folder, a video or a camera",
@@ -392,8 +478,10 @@ def build_parser():
                    help="images, folders of images, one video or a camera index (0), then optionally the boxes "
                         "(a .json, or - for standard input: see below)")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a converted .npz, or a published model name, downloaded on first use "
-                        f"(see `{PROG} fetch --list`)")
+                   help=f"a converted .npz; an official .pth or a Hugging Face folder (converted once into the "
+                        f"cache); or a model name, published (`{PROG} fetch --list`, downloaded on first use) or "
+                        f"installed (`{PROG} fetch --from FILE NAME`)")
+    p.add_argument("--dataset", choices=DATASET_NAMES, help="the expert of a ViTPose+ checkpoint given as --model")
     p.add_argument("--cache", metavar="DIR", help="cache folder for fetched model names "
                                                   "(default: $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
     p.add_argument("-o", "--output", metavar="OUT.json",
@@ -452,6 +540,26 @@ def build_parser():
     p.add_argument("--cache", metavar="DIR", help="cache folder (default: $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
     p.add_argument("--endpoint", metavar="URL", help="hub address (default: $HF_ENDPOINT or https://huggingface.co)")
     p.add_argument("--dataset", choices=DATASET_NAMES, help="head / expert of a multi-dataset checkpoint")
+    p.add_argument("--from", dest="source", metavar="FILE",
+                   help="offline: install FILE (a converted .npz, an official .pth or a Hugging Face folder) under "
+                        "NAME instead of downloading, so --model NAME finds it")
+
+    p = command("cache", cmd_cache, help="list the cached models (or remove them)",
+                description="The models fetched, installed or converted on use, and unfinished downloads.")
+    p.add_argument("--cache", metavar="DIR", help="cache folder (default: $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
+    p.add_argument("--remove", nargs="+", metavar="NAME", help="remove these (names or file names)")
+    p.add_argument("--clear", action="store_true", help="remove everything in the cache")
+
+    p = command("eval", cmd_eval, help="COCO keypoint AP/AR of infer's results against COCO annotations",
+                description="COCO keypoint AP and AR (OKS 0.50:0.95, the metric of the published ViTPose numbers) "
+                            "by pycocotools, or xtcocotools for COCO-WholeBody (pip install 'npvitpose[eval]').")
+    p.add_argument("results", metavar="RESULTS.json", help="infer's COCO keypoint results (--format coco)")
+    p.add_argument("annotations", metavar="ANNOTATIONS.json", help="COCO keypoint annotations, such as "
+                                                                   "person_keypoints_val2017.json")
+    p.add_argument("-o", "--output", metavar="METRICS.json", help="also write the metrics (fractions) as JSON")
+    p.add_argument("--result-images-only", action="store_true",
+                   help="score only the images the results cover (the official metric scores every annotated "
+                        "image)")
 
     sub.add_parser("bench", help="speed and accuracy benchmarks (options: npvitpose bench --help)")
     return parser
