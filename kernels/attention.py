@@ -5,6 +5,7 @@ import math
 import numpy as np
 from numba import prange
 
+from . import gemm
 from ._jit import jit, pjit
 from .layernorm import _check, _vec
 
@@ -142,6 +143,57 @@ def _attention(qkv, bias, n, heads, out):
                     out[r0 + i0 + x, q0 + d] = o[x, d] * inv[x]
 
 
+# where the CPU has vector micro-kernels (kernels/gemm.py), both products run on them: scores on the GEMM's
+# MR x NR tile, outputs on an MR x NRO tile narrow enough for head dims of 32, 64 and 80 (S, B/L, H)
+_OUT_NV = {"avx512": 2, "avx2": 2, "neon": 3}
+MR, NR = gemm.MR, gemm.NR
+NRO = _OUT_NV.get(gemm.ISA, 1) * gemm.W
+_scores_tile = gemm._tile
+_output_tile = gemm._micro_kernel(MR, _OUT_NV[gemm.ISA], gemm.W) if gemm.OWN else None
+
+
+@pjit
+def _attention_tiled(qkv, bias, n, heads, out):
+    rows, c3 = qkv.shape
+    c = c3 // 3
+    hd = c // heads
+    scale = np.float32(1.0 / math.sqrt(hd))
+    kpanels = (n + NR - 1) // NR
+    nk = kpanels * NR  # keys padded to whole panels: their scores are computed and never read
+    vpanels = (hd + NRO - 1) // NRO
+    nd = vpanels * NRO
+    for task in prange((rows // n) * heads):
+        r0 = (task // heads) * n
+        q0 = (task % heads) * hd  # spec 1.3: qkv rows are Q, K, V blocks, head-major inside each
+        # one packing per (crop, head), the qkv bias added on the way (the official code scales q first):
+        # q row-major (the broadcast side), keys as (hd, NR) panels, values as (n, NRO) panels
+        q = np.empty(n * hd, np.float32)
+        kp = np.zeros(kpanels * hd * NR, np.float32)
+        vp = np.zeros(vpanels * n * NRO, np.float32)
+        for j in range(n):
+            for d in range(hd):
+                q[j * hd + d] = (qkv[r0 + j, q0 + d] + bias[q0 + d]) * scale
+                kp[((j // NR) * hd + d) * NR + j % NR] = qkv[r0 + j, c + q0 + d] + bias[c + q0 + d]
+                vp[((d // NRO) * n + j) * NRO + d % NRO] = qkv[r0 + j, 2 * c + q0 + d] + bias[2 * c + q0 + d]
+        s = np.empty(MR * nk, np.float32)
+        o = np.empty(MR * nd, np.float32)
+        inv = np.empty(MR, np.float32)
+        bits = np.empty(n, np.int32)
+        for i0 in range(0, n, MR):
+            m = min(MR, n - i0)
+            s[:] = 0.0
+            for p in range(kpanels):  # (m, nk) scores
+                _scores_tile(q, i0 * hd, m, hd, 1, hd, kp, p * hd * NR, s, p * NR, nk)
+            for x in range(m):
+                inv[x] = np.float32(1.0) / _softmax_numerator(s[x * nk:x * nk + n], bits)
+            o[:] = 0.0
+            for p in range(vpanels):  # (m, nd) unnormalised outputs
+                _output_tile(s, 0, m, nk, 1, n, vp, p * n * NRO, o, p * NRO, nd)
+            for x in range(m):
+                for d in range(hd):
+                    out[r0 + i0 + x, q0 + d] = o[x * nd + d] * inv[x]
+
+
 def attention(qkv, tokens, heads, bias=None, out=None):
     """qkv (B*N, 3C) float32 as the qkv matrix product writes it, plus its bias (3C,) if given
     -> (B*N, C), heads concatenated in order."""
@@ -154,5 +206,5 @@ def attention(qkv, tokens, heads, bias=None, out=None):
         out = np.empty((rows, c3 // 3), np.float32)
     elif out.shape != (rows, c3 // 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous float32 of shape {(rows, c3 // 3)}")
-    _attention(qkv, bias, tokens, heads, out)
+    (_attention_tiled if gemm.OWN else _attention)(qkv, bias, tokens, heads, out)
     return out

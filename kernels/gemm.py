@@ -5,73 +5,110 @@ The contract every precision module (gemm.py, gemm_bf16.py, gemm_int8.py) follow
     linear(x, packed, bias=None, *, gelu=False, residual=None, out=None) -> (M, N) float32
         x (M, K) float32 C-contiguous; gelu: exact GELU after the bias; residual: out = residual + (x @ w.T + bias),
         where residual may be `out` itself (in-place accumulation into the residual stream).
+
+Where the CPU has wide vectors (kernels/cpu.py), the weight is packed at load into panels of NR output
+columns, k-major ([N/NR, K, NR]), and a register-blocked MR x NR micro-kernel written in LLVM IR (explicit
+<W x float> vectors, llvm.fmuladd) accumulates MR rows of x against one panel, KC steps of k at a time, in
+one parallel region per call; bias, GELU or the residual are applied as each finished tile leaves the
+accumulators. Elsewhere (NUMBA_CPU_NAME=generic, unknown CPUs) NumPy's BLAS does the product.
 """
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
+from . import cpu
 from ._jit import pjit
 from .layernorm import _check, _vec
-from .mlp import _bias_gelu  # the one exact GELU of the project (spec 1.3)
+from .mlp import gelu as _gelu
+
+# (MR rows, NV vectors of W floats): MR * NV accumulators, NV weight vectors and one broadcast stay in
+# registers (32 zmm for AVX-512 and 32 q for NEON, 16 ymm for AVX2); tools/gemm_table.py measures them
+TILES = {"avx512": (8, 3, 16), "avx2": (6, 2, 8), "neon": (8, 3, 4)}
+KC = 256  # k steps per pass: one panel's KC x NR slice stays in L1 while MC rows of x stream past it
+MC = 192  # rows per task: one crop's tokens; MC x KC of x stays in L2
+
+# up to 4 crops (768 rows) the micro-kernel was as fast as OpenBLAS on one thread and faster on two; at
+# 16 crops OpenBLAS was 1.1-1.35x faster (tools/gemm_table.py, AVX-512 machine, docs/gemm.md); other ISAs
+# are unmeasured and follow the same rule
+OWN_MAX_ROWS = {"avx512": 768, "avx2": 768, "neon": 768}
+ISA = cpu.ISA
+MR, NV, W = TILES.get(ISA, (1, 1, 1))
+NR = NV * W
+OWN = ISA in TILES  # the micro-kernel is only ever compiled when the CPU has the vectors it assumes
 
 
 class Packed(NamedTuple):
-    w: np.ndarray  # (N, K) float32 C-contiguous: BLAS reads it transposed, no copy
+    n: int  # output features
+    k: int  # input features
+    w: np.ndarray  # (N, K) float32, the checkpoint's array itself (BLAS reads it transposed, no copy)
+    panels: np.ndarray = None  # (ceil(N/NR), K, NR) float32 for the micro-kernel, where the CPU has one
 
 
 def pack_weight(w):
-    """Prepare an (N, K) float32 weight for `linear`."""
+    """Prepare an (N, K) float32 weight for `linear`: panels for the micro-kernel, or as is for BLAS."""
     w = np.asarray(w)
     if w.dtype != np.float32 or w.ndim != 2:
         raise ValueError(f"weight must be a 2-D float32 array, got {w.dtype} {w.shape}")
-    return Packed(np.ascontiguousarray(w))
+    n, k = w.shape
+    w = np.ascontiguousarray(w)
+    if not OWN:
+        return Packed(n, k, w)
+    panels = -(-n // NR)
+    out = _aligned((panels, k, NR))
+    for p in range(panels):
+        part = w[p * NR:(p + 1) * NR]
+        out[p, :, :part.shape[0]] = part.T
+        out[p, :, part.shape[0]:] = 0.0  # the last panel's missing columns: computed, never written out
+    return Packed(n, k, w, out)
 
 
-@pjit
-def _bias_residual_into(y, bias, residual, out):
-    rows, c = y.shape
-    for r in prange(rows):
-        for j in range(c):
-            out[r, j] = residual[r, j] + (y[r, j] + bias[j])
-
-
-@pjit
-def _bias_into(y, bias):
-    rows, c = y.shape
-    for r in prange(rows):
-        for j in range(c):
-            y[r, j] += bias[j]
+def _aligned(shape):
+    """Uninitialised float32 array starting on a 64-byte line: a <16 x float> load from a misaligned
+    panel straddles two cache lines (NumPy's large allocations start 16 bytes into a page)."""
+    size = int(np.prod(shape))
+    raw = np.empty(size + 16, np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + size].reshape(shape)
 
 
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     """(M, K) @ (N, K).T + bias, then GELU or + residual: see the module docstring."""
-    w = packed.w
     _check(x, 2)
-    m, n = x.shape[0], w.shape[0]
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} columns, the weight {w.shape[1]}")
+    m, n = x.shape[0], packed.n
+    if x.shape[1] != packed.k:
+        raise ValueError(f"x has {x.shape[1]} columns, the weight {packed.k}")
     if gelu and residual is not None:
         raise ValueError("gelu and residual do not combine")
-    bias = None if bias is None else _vec(bias, n)
+    bias = np.zeros(n, np.float32) if bias is None else _vec(bias, n)
     out = _output(out, m, n)
-    if residual is not None:
-        if residual.shape != (m, n) or residual.dtype != np.float32:
-            raise ValueError(f"residual must be float32 {(m, n)}, got {residual.dtype} {residual.shape}")
-        y = np.matmul(x, w.T)  # the residual may be `out`: the product needs its own buffer
-        _bias_residual_into(y, _zeros(n) if bias is None else bias, residual, out)
+    if residual is not None and (residual.shape != (m, n) or residual.dtype != np.float32):
+        raise ValueError(f"residual must be float32 {(m, n)}, got {residual.dtype} {residual.shape}")
+    mode = _GELU if gelu else _RESIDUAL if residual is not None else _BIAS
+    residual = out if residual is None else residual
+    if m == 0 or n == 0:
         return out
-    np.matmul(x, w.T, out=out)
-    if gelu:
-        _bias_gelu(out, _zeros(n) if bias is None else bias)
-    elif bias is not None:
-        _bias_into(out, bias)
+    if packed.panels is not None and m <= OWN_MAX_ROWS[ISA]:
+        mblocks = -(-m // MC)
+        threads = numba.get_num_threads()
+        groups = 1 if mblocks >= 4 * threads else min(packed.panels.shape[0], -(-2 * threads // mblocks))
+        _gemm(x, packed.panels, bias, residual, mode, groups, _aligned((mblocks * groups, MC * NR)), out)
+        return out
+    if mode == _RESIDUAL:
+        y = np.matmul(x, packed.w.T)  # the residual may be `out`: the product needs its own buffer
+        _epilogue_rows(y, bias, residual, mode, out)
+    else:
+        np.matmul(x, packed.w.T, out=out)
+        _epilogue_rows(out, bias, residual, mode, out)
     return out
 
 
-def _zeros(n):
-    return np.zeros(n, np.float32)
+_BIAS, _GELU, _RESIDUAL = 0, 1, 2
 
 
 def _output(out, m, n):
@@ -80,3 +117,123 @@ def _output(out, m, n):
     if out.shape != (m, n) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 {(m, n)} array, got {out.dtype} {out.shape}")
     return out
+
+
+@pjit
+def _epilogue_rows(y, bias, residual, mode, out):
+    rows, c = y.shape
+    for r in prange(rows):
+        for j in range(c):
+            v = y[r, j] + bias[j]
+            if mode == _GELU:
+                v = _gelu(v)
+            elif mode == _RESIDUAL:
+                v = residual[r, j] + v  # the order of the unfused forward: x += (x @ w.T + b)
+            out[r, j] = v
+
+
+def _micro_kernel(mr, nv, width):
+    """An intrinsic tile(a, a0, rows, rs, ks, kc, panels, b0, acc, c0, crs) for C-contiguous float32 arrays,
+    indexing their flat data: acc[c0 + i * crs + j] += sum over k < kc of a[a0 + i * rs + k * ks] *
+    panels[b0 + k * nr + j], for i < mr, j < nr = nv * width. Rows i >= rows repeat row rows - 1 (so they
+    read nothing beyond a's rows); the caller never writes their results out."""
+    nr = nv * width
+
+    @intrinsic
+    def tile(typingctx, a, a0, rows, rs, ks, kc, panels, b0, acc, c0, crs):
+        sig = types.void(a, a0, rows, rs, ks, kc, panels, b0, acc, c0, crs)
+
+        def codegen(context, builder, signature, args):
+            i64, f32 = ir.IntType(64), ir.FloatType()
+            vec = ir.VectorType(f32, width)
+            a0, rows, rs, ks, kc, b0, c0, crs = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                                 for i in (1, 2, 3, 4, 5, 7, 9, 10))
+
+            def data(i):
+                return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+            last = builder.sub(rows, ir.Constant(i64, 1))
+            arows = []
+            for i in range(mr):
+                r = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), rows), ir.Constant(i64, i), last)
+                arows.append(builder.gep(data(0), [builder.add(a0, builder.mul(r, rs))]))
+            bptr = builder.gep(data(6), [b0])
+            cptr = builder.gep(data(8), [c0])
+
+            def vector_at(base, index):
+                return builder.bitcast(builder.gep(base, [index]), vec.as_pointer())
+
+            slots = [[vector_at(cptr, builder.add(builder.mul(ir.Constant(i64, i), crs), ir.Constant(i64, v * width)))
+                      for v in range(nv)] for i in range(mr)]
+            start = [[builder.load(p, align=4) for p in line] for line in slots]
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                                 f"llvm.fmuladd.v{width}f32")
+            entry = builder.block
+            loop, done = builder.append_basic_block("tile.loop"), builder.append_basic_block("tile.done")
+            builder.cbranch(builder.icmp_signed(">", kc, ir.Constant(i64, 0)), loop, done)
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            accs = [[builder.phi(vec) for _ in range(nv)] for _ in range(mr)]
+            bk = builder.mul(k, ir.Constant(i64, nr))
+            wv = [builder.load(vector_at(bptr, builder.add(bk, ir.Constant(i64, v * width))), align=4)
+                  for v in range(nv)]
+            undef, lane0 = ir.Constant(vec, ir.Undefined), ir.Constant(ir.IntType(32), 0)
+            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), None)
+            new = []
+            for i in range(mr):
+                s = builder.load(builder.gep(arows[i], [builder.mul(k, ks)]), align=4)
+                s = builder.shuffle_vector(builder.insert_element(undef, s, lane0), undef, splat_mask)  # a(i, k) x nr
+                new.append([builder.call(fma, [s, wv[v], accs[i][v]]) for v in range(nv)])
+            k_next = builder.add(k, ir.Constant(i64, 1))
+            k.add_incoming(ir.Constant(i64, 0), entry)
+            k.add_incoming(k_next, loop)
+            for i in range(mr):
+                for v in range(nv):
+                    accs[i][v].add_incoming(start[i][v], entry)
+                    accs[i][v].add_incoming(new[i][v], loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, kc), loop, done)
+            builder.position_at_end(done)
+            finals = []
+            for i in range(mr):
+                for v in range(nv):
+                    finals.append(builder.phi(vec))  # every phi before the first store: LLVM wants them first
+                    finals[-1].add_incoming(start[i][v], entry)
+                    finals[-1].add_incoming(new[i][v], loop)
+            for final, slot in zip(finals, (p for line in slots for p in line)):
+                builder.store(final, slot, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile = _micro_kernel(MR, NV, W) if OWN else None
+
+
+@pjit
+def _gemm(x, panels, bias, residual, mode, groups, accs, out):
+    m, k = x.shape
+    n = out.shape[1]
+    npanels = panels.shape[0]
+    mblocks = (m + MC - 1) // MC
+    for task in prange(mblocks * groups):  # one crop's rows x a range of panels
+        m0 = (task % mblocks) * MC
+        rows = min(MC, m - m0)
+        group = task // mblocks
+        acc = accs[task]  # MC x NR accumulators, 64-byte aligned
+        for p in range(group * npanels // groups, (group + 1) * npanels // groups):
+            acc[:] = 0.0
+            for k0 in range(0, k, KC):
+                kc = min(KC, k - k0)
+                for i0 in range(0, rows, MR):
+                    _tile(x, (m0 + i0) * k + k0, min(MR, rows - i0), k, 1, kc, panels, (p * k + k0) * NR, acc, i0 * NR, NR)
+            c0 = p * NR
+            for i in range(rows):
+                for j in range(min(NR, n - c0)):
+                    v = acc[i * NR + j] + bias[c0 + j]
+                    if mode == _GELU:
+                        v = _gelu(v)
+                    elif mode == _RESIDUAL:
+                        v = residual[m0 + i, c0 + j] + v
+                    out[m0 + i, c0 + j] = v

@@ -1,10 +1,11 @@
-"""bf16 linear layers: bf16 weights and activations, fp32 accumulation (`vdpbf16ps`), fp32 out.
+"""bf16 linear layers: bf16 weights and activations, fp32 accumulation (AMX `tdpbf16ps` or `vdpbf16ps`).
 
 The contract of kernels/gemm.py (`pack_weight`, `linear`), with the weights kept only as bf16.
 - pack_weight(w): w (N, K) float32, the checkpoint's (out, in) layout, rounded to bf16 once
   (round to nearest even) into column panels of 48 outputs: int32 lanes holding (w[n, 2k], w[n, 2k+1]).
-- linear(x, packed): activations are rounded to bf16 the same way while packed into 8-row panels;
-  every product is exact in fp32 and accumulated in fp32, so the only error is the two roundings.
+- linear(x, packed): activations are rounded to bf16 the same way while packed (16-row tiles for AMX,
+  8-row panels for AVX-512); every product is exact in fp32 and accumulated in fp32, so the only error
+  is the two roundings. AMX (kernels/amx.py) where the CPU has it, else AVX512-BF16 8x48 register tiles.
 Where the CPU (or Numba's target, e.g. NUMBA_CPU_NAME=generic) lacks AVX512-BF16, the same bf16
 values are widened to fp32 and multiplied by NumPy's BLAS: the same numbers up to summation order,
 slower than fp32. `FAST` says which path runs.
@@ -21,6 +22,7 @@ from numba.extending import intrinsic
 
 import llvmlite.binding as llvm
 
+from . import amx
 from ._jit import jit, pjit
 from .mlp import _INV_SQRT2, _erf, bias_gelu
 
@@ -34,12 +36,13 @@ def cpu_has(feature):
     return f"+{feature}" in (numba.config.CPU_FEATURES or "").split(",")  # e.g. NUMBA_CPU_NAME=generic
 
 
-FAST = cpu_has("avx512bf16")
-INSTRUCTION = "vdpbf16ps"  # what FAST runs; the fallback widens to NumPy's BLAS
+AMX = amx.available(cpu_has, "amx-bf16")
+FAST = AMX or cpu_has("avx512bf16")
+INSTRUCTION = "tdpbf16ps (AMX)" if AMX else "vdpbf16ps"  # what FAST runs; the fallback widens to NumPy's BLAS
 
 
 class PackedBF16(NamedTuple):
-    panels: np.ndarray  # (ceil(N/48), ceil(K/2), 48) int32: bf16 pairs, zero-padded
+    panels: np.ndarray  # (ceil(N/48), K/2 padded to 16, 48) int32: bf16 pairs, zero-padded
     n: int
     k: int
 
@@ -57,7 +60,7 @@ def pack_weight(w):
     if w.dtype != np.float32 or w.ndim != 2:
         raise ValueError(f"weight must be a 2-D float32 array, got {w.dtype} {w.shape}")
     n, k = w.shape
-    npan, kp = -(-n // NR), -(-k // 2)
+    npan, kp = -(-n // NR), -(-k // 32) * 16  # K padded to one AMX tile depth: 32 bf16 = 16 pairs
     bits = np.zeros((npan * NR, 2 * kp), np.uint32)
     bits[:n, :k] = _round_bits(w)
     lanes = bits[:, 0::2] | (bits[:, 1::2] << np.uint32(16))  # (N', K/2): element 2k in the low half
@@ -203,7 +206,7 @@ def _pack_rows(xu, r0, rows, kp, apack):
             base = s * kp * MR + r
             if m < rows:
                 for q in range(kp):
-                    lo = _bf16_bits(np.uint32(xu[r0 + m, 2 * q]))
+                    lo = _bf16_bits(np.uint32(xu[r0 + m, 2 * q])) if 2 * q < k else np.uint32(0)
                     hi = _bf16_bits(np.uint32(xu[r0 + m, 2 * q + 1])) if 2 * q + 1 < k else np.uint32(0)
                     apack[base + q * MR] = np.int32(np.uint32(lo | (hi << 16)))
             else:
@@ -231,13 +234,49 @@ def _gemm(xu, panels, n, bias, res, out, mode, chunk):
                 _store(tile, out, res, bias, r0 + s * MR, p * NR, min(MR, rows - s * MR), cols, mode)
 
 
-def chunk_rows(m, max_chunk=96):
-    """Rows per parallel task: a multiple of 8, at most `max_chunk`, tasks a multiple of the thread count."""
+@jit
+def _pack_rows_amx(xu, r0, rows, a):
+    """Rows r0.. of x (uint32 view) -> row-major bf16 (rows padded to 16, K padded), a flat uint16 view."""
+    k = xu.shape[1]
+    kpad = a.size // ((rows + amx.TM - 1) // amx.TM * amx.TM)
+    for r in range(rows):
+        for j in range(k):
+            a[r * kpad + j] = _bf16_bits(np.uint32(xu[r0 + r, j]))
+
+
+@pjit
+def _gemm_amx(xu, panels, n, bias, res, out, mode, chunk, cfg):
+    m = xu.shape[0]
+    npan, kp = panels.shape[0], panels.shape[1]
+    flat = panels.reshape(-1)
+    tasks = (m + chunk - 1) // chunk
+    for t in prange(tasks):
+        r0 = t * chunk
+        rows = min(chunk, m - r0)
+        nsub = (rows + amx.TM - 1) // amx.TM
+        a = np.zeros(nsub * amx.TM * 2 * kp, np.uint16)
+        tile = np.empty(amx.TM * NR, np.float32)
+        _pack_rows_amx(xu, r0, rows, a)
+        amx.begin(cfg)
+        for p in range(npan):
+            cols = min(NR, n - p * NR)
+            for s in range(nsub):
+                _amx_tile(a, s * amx.TM * 2 * kp, 4 * kp, flat, p * kp * NR, kp // 16, tile)
+                _store(tile, out, res, bias, r0 + s * amx.TM, p * NR, min(amx.TM, rows - s * amx.TM), cols, mode)
+        amx.end()
+
+
+_amx_tile = amx.tile_intrinsic("llvm.x86.tdpbf16ps")
+_CFG = amx.tile_config()
+
+
+def chunk_rows(m, max_chunk=96, unit=MR):
+    """Rows per parallel task: a multiple of `unit`, at most `max_chunk`, tasks a multiple of the thread count."""
     t = numba.get_num_threads()
     tasks = max(t, -(-m // max_chunk))
     tasks = -(-tasks // t) * t
     per_task = -(-m // tasks)
-    return -(-per_task // MR) * MR
+    return -(-per_task // unit) * unit
 
 
 def check_call(x, n, k, bias, residual, out, gelu):
@@ -278,6 +317,10 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     """out = bf16(x) @ bf16(w).T + bias, then GELU or + residual; x (M, K) float32 -> (M, N) float32."""
     bias, residual, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
     if x.shape[0] == 0:
+        return out
+    if AMX:
+        _gemm_amx(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode,
+                  chunk_rows(x.shape[0], unit=amx.TM), _CFG)
         return out
     if FAST:
         _gemm(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode, chunk_rows(x.shape[0]))

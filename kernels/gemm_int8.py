@@ -1,4 +1,4 @@
-"""int8 linear layers: u8 x s8 products with int32 accumulation (`vpdpbusd`), fp32 out.
+"""int8 linear layers: u8 x s8 products with int32 accumulation (AMX `tdpbusd` or `vpdpbusd`), fp32 out.
 
 The contract of kernels/gemm.py (`pack_weight`, `linear`), with int8 weights and activations.
 - pack_weight(w): per-output-channel scale sw[n] = max|w[n, :]| / 127, q = rint(w / sw) in [-127, 127],
@@ -6,8 +6,9 @@ The contract of kernels/gemm.py (`pack_weight`, `linear`), with int8 weights and
 - linear(x, packed): per-row asymmetric activation scale: s = (max(x, 0) - min(x, 0)) / 255,
   zero point z = rint(-min / s), u = clip(rint(x / s) + z, 0, 255), so x ~ s * (u - z). Asymmetric
   (rather than u = q + 128) because post-GELU rows are one-sided: it doubles their resolution.
-  acc = sum_k u * q exactly in int32 (|acc| <= 255 * 127 * K < 2^31 up to K = 66000; weights wider than 33000 inputs are refused), then
-  out = s * sw[n] * (acc - z * colsum[n]) + bias.
+  acc = sum_k u * q exactly in int32 (|acc - z * colsum| <= 2 * 255 * 127 * K < 2^31: weights wider than
+  33000 inputs are refused), then out = s * sw[n] * (acc - z * colsum[n]) + bias. AMX (kernels/amx.py)
+  where the CPU has it, else AVX512-VNNI 8x48 register tiles.
 Where the CPU (or Numba's target) lacks AVX512-VNNI, the same integers are multiplied by NumPy's
 float64 BLAS, exact for these sizes: the same numbers, slower than fp32. `FAST` says which path runs.
 """
@@ -18,16 +19,17 @@ import numpy as np
 from llvmlite import ir
 from numba import prange
 
-from . import gemm
+from . import amx, gemm
 from ._jit import jit, pjit
 from .gemm_bf16 import MR, NR, check_call, chunk_rows, cpu_has, epilogue, gelu_value, tile_intrinsic
 
-FAST = cpu_has("avx512vnni")
-INSTRUCTION = "vpdpbusd"  # what FAST runs; the fallback widens to NumPy's BLAS
+AMX = amx.available(cpu_has, "amx-int8")
+FAST = AMX or cpu_has("avx512vnni")
+INSTRUCTION = "tdpbusd (AMX)" if AMX else "vpdpbusd"  # what FAST runs; the fallback widens to NumPy's BLAS
 
 
 class PackedInt8(NamedTuple):
-    panels: np.ndarray  # (ceil(N/48), ceil(K/4), 48) int32: 4 s8 per lane, zero-padded
+    panels: np.ndarray  # (ceil(N/48), K/4 padded to 16, 48) int32: 4 s8 per lane, zero-padded
     scale: np.ndarray  # (N,) float64: per-output-channel weight scale
     colsum: np.ndarray  # (N,) int32: sum_k q[n, k], for the activations' zero point
     n: int
@@ -51,7 +53,7 @@ def pack_weight(w):
     if k > 33000:
         raise ValueError(f"{k} inputs: the int32 sums could overflow beyond 33000")
     q, scale = quantize_weight(w)
-    npan, kq = -(-n // NR), -(-k // 4)
+    npan, kq = -(-n // NR), -(-k // 64) * 16  # K padded to one AMX tile depth: 64 bytes = 16 lanes
     padded = np.zeros((npan * NR, 4 * kq), np.int8)
     padded[:n, :k] = q
     lanes = padded.view(np.int32)  # (N', K/4): bytes k..k+3 of one lane, little-endian like vpdpbusd reads them
@@ -104,16 +106,29 @@ def _pack_rows(x, r0, rows, kq, apack, sz):
                 continue
             scale, zp = _row_scale(x, r0 + m)
             sz[m, 0], sz[m, 1] = scale, zp
-            inv = 1.0 / scale
             for q in range(kq):
                 lane = 0
                 for b in range(4):
-                    j = 4 * q + b
-                    u = 0
-                    if j < k:
-                        u = int(min(max(np.rint(np.float64(x[r0 + m, j]) * inv) + zp, 0.0), 255.0))
-                    lane |= u << (8 * b)
+                    if 4 * q + b < k:
+                        lane |= _quantize(x[r0 + m, 4 * q + b], scale, zp) << (8 * b)
                 apack[base + q * MR] = np.int32(np.uint32(lane))
+
+
+@jit
+def _quantize(v, scale, zp):
+    return int(min(max(np.rint(np.float64(v) * (1.0 / scale)) + zp, 0.0), 255.0))
+
+
+@jit
+def _pack_rows_amx(x, r0, rows, a, sz):
+    """Rows r0.. of x -> row-major u8 (rows padded to 16, K padded), flat; sz[i] = (scale, zero point)."""
+    k = x.shape[1]
+    kpad = a.size // ((rows + amx.TM - 1) // amx.TM * amx.TM)
+    for r in range(rows):
+        scale, zp = _row_scale(x, r0 + r)
+        sz[r, 0], sz[r, 1] = scale, zp
+        for j in range(k):
+            a[r * kpad + j] = _quantize(x[r0 + r, j], scale, zp)
 
 
 @jit
@@ -161,6 +176,34 @@ def _gemm(x, panels, scale, colsum, n, bias, res, out, mode, chunk):
                        min(MR, rows - s * MR), cols, mode)
 
 
+@pjit
+def _gemm_amx(x, panels, scale, colsum, n, bias, res, out, mode, chunk, cfg):
+    m = x.shape[0]
+    npan, kq = panels.shape[0], panels.shape[1]
+    flat = panels.reshape(-1)
+    tasks = (m + chunk - 1) // chunk
+    for t in prange(tasks):
+        r0 = t * chunk
+        rows = min(chunk, m - r0)
+        nsub = (rows + amx.TM - 1) // amx.TM
+        a = np.zeros(nsub * amx.TM * 4 * kq, np.uint8)
+        sz = np.empty((rows, 2), np.float64)
+        tile = np.empty(amx.TM * NR, np.int32)
+        _pack_rows_amx(x, r0, rows, a, sz)
+        amx.begin(cfg)
+        for p in range(npan):
+            cols = min(NR, n - p * NR)
+            for s in range(nsub):
+                _amx_tile(a, s * amx.TM * 4 * kq, 4 * kq, flat, p * kq * NR, kq // 16, tile)
+                _store(tile, sz[s * amx.TM:], out, res, bias, scale, colsum, r0 + s * amx.TM, p * NR,
+                       min(amx.TM, rows - s * amx.TM), cols, mode)
+        amx.end()
+
+
+_amx_tile = amx.tile_intrinsic("llvm.x86.tdpbusd")
+_CFG = amx.tile_config()
+
+
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     """out = dequant(quant(x) @ quant(w).T) + bias, then GELU or + residual; x (M, K) float32 -> (M, N).
 
@@ -177,6 +220,10 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         out[bad] = np.nan
         return out
     residual = res
+    if AMX:
+        _gemm_amx(x, packed.panels, packed.scale, packed.colsum, packed.n, bias, residual, out, mode,
+                  chunk_rows(x.shape[0], unit=amx.TM), _CFG)
+        return out
     if FAST:
         _gemm(x, packed.panels, packed.scale, packed.colsum, packed.n, bias, residual, out, mode,
               chunk_rows(x.shape[0]))

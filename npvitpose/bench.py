@@ -9,14 +9,87 @@ import time
 import types
 
 import numpy as np
+from llvmlite import ir
+from numba import prange
+from numba import types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import model as model_mod
 from . import threads
 from .errors import NpvitposeError
+from .kernels import gemm
+from .kernels._jit import pjit
 from .model import kernel_name
 
 # the kernels the forward calls by name; everything else in a forward is BLAS matrix products and glue
 _KERNELS = ("im2col", "layernorm", "attention", "deconv4x4s2", "upsample4", "upsample4_conv3x3")
+
+
+_CHAINS = 16  # independent FMA chains: more than FMA latency x ports on any current core
+
+
+@intrinsic
+def _fma_chains(typingctx, steps):
+    """Run _CHAINS independent <W x float> multiply-add chains for `steps` steps; returns one lane."""
+    sig = nbtypes.float32(steps)
+
+    def codegen(context, builder, signature, args):
+        width = max(gemm.W, 4)
+        i64, vec = ir.IntType(64), ir.VectorType(ir.FloatType(), width)
+        n = context.cast(builder, args[0], signature.args[0], nbtypes.int64)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.v{width}f32")
+        mul, add = (ir.Constant(vec, [ir.Constant(ir.FloatType(), c)] * width) for c in (0.999999, 1e-7))
+        entry = builder.block
+        loop, done = builder.append_basic_block("probe.loop"), builder.append_basic_block("probe.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        i = builder.phi(i64)
+        accs = [builder.phi(vec) for _ in range(_CHAINS)]
+        new = [builder.call(fma, [a, mul, add]) for a in accs]
+        i_next = builder.add(i, ir.Constant(i64, 1))
+        i.add_incoming(ir.Constant(i64, 0), entry)
+        i.add_incoming(i_next, loop)
+        for c, (a, b) in enumerate(zip(accs, new)):
+            a.add_incoming(ir.Constant(vec, [ir.Constant(ir.FloatType(), 1.0 + c)] * width), entry)
+            a.add_incoming(b, loop)
+        builder.cbranch(builder.icmp_signed("<", i_next, n), loop, done)
+        builder.position_at_end(done)
+        total = new[0]
+        for b in new[1:]:
+            total = builder.fadd(total, b)
+        return builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+
+    return sig, codegen
+
+
+@pjit
+def _fma_probe(steps, out):
+    for t in prange(out.size):
+        out[t] = _fma_chains(steps)
+
+
+def fp32_ceiling(seconds=0.3):
+    """This machine's measured fp32 FMA rate (FLOP/s) on all the threads in force: the best of a few
+    bursts of independent vector FMAs, each about `seconds` long."""
+    width = max(gemm.W, 4)
+    out = np.empty(threads.get_threads(), np.float32)
+    _fma_probe(1000, out)
+    steps, best = 1 << 16, 0.0
+    for _ in range(40):
+        t = time.perf_counter()
+        _fma_probe(steps, out)
+        dt = time.perf_counter() - t
+        best = max(best, 2.0 * width * _CHAINS * steps * out.size / dt)
+        if dt < seconds / 4:
+            steps *= 2
+        elif dt > seconds / 2:
+            break
+    for _ in range(4):
+        t = time.perf_counter()
+        _fma_probe(steps, out)
+        best = max(best, 2.0 * width * _CHAINS * steps * out.size / (time.perf_counter() - t))
+    return best
 
 
 def build(variant="vitpose-b", head="classic", num_keypoints=17, seed=0, precision="fp32"):
@@ -24,6 +97,36 @@ def build(variant="vitpose-b", head="classic", num_keypoints=17, seed=0, precisi
     cfg = dataclasses.replace(model_mod.VARIANTS[variant], head=head, num_keypoints=num_keypoints)
     meta = dict(dataclasses.asdict(cfg), dataset="coco", mode="udp")
     return model_mod.from_weights(model_mod.random_weights(cfg, seed), meta, precision)
+
+
+def forward_flops(cfg, batch=1):
+    """Multiply-adds x 2 of one forward: patch embedding, the blocks' four linear layers and attention's
+    two products, the head (spec 1-2); element-wise work is not counted."""
+    n, c, h = 192, cfg.dim, cfg.mlp_hidden
+    blocks = cfg.depth * (n * c * (3 * c + c + 2 * h) + 2 * n * n * c)
+    embed = n * c * 3 * 16 * 16
+    if cfg.head == "classic":
+        head = n * c * 16 * 256 + 4 * n * 256 * 16 * 256 + 16 * n * 256 * cfg.num_keypoints
+    else:
+        head = n * c * 9 * cfg.num_keypoints
+    return 2.0 * batch * (blocks + embed + head)
+
+
+def blas_info():
+    """The BLAS NumPy runs and the kernel it picked (threadpoolctl's 'architecture'), if threadpoolctl is there."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl to see it)"
+    return ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                     for i in threadpool_info() if i.get("user_api") == "blas") or "none found"
+
+
+def kernel_info():
+    """Which fp32 matrix-product kernel the linear layers use on this CPU."""
+    if gemm.OWN:
+        return f"npvitpose {gemm.ISA} {gemm.MR}x{gemm.NR} micro-kernel (BLAS from {gemm.OWN_MAX_ROWS[gemm.ISA] + 1} rows)"
+    return f"BLAS (no vector micro-kernel for ISA {gemm.ISA})"
 
 
 def time_forward(model, batch, repeats=3, warmup=1):
@@ -171,17 +274,20 @@ def main(args):
     model = models.get("fp32") or build(args.model, args.head)  # the roofline reads the fp32 weights
     cfg = model.config
     print(f"{args.model} ({args.head} head), {cfg.depth} blocks of width {cfg.dim}; random weights; "
-          + ", ".join(f"{p}: {kernel_name(p)}" for p in models))
+          f"{forward_flops(cfg) / 1e9:.1f} GFLOP/crop; " + ", ".join(f"{p}: {kernel_name(p)}" for p in models))
+    print(f"fp32 linear layers: {kernel_info()}; BLAS: {blas_info()}")
     print(f"{'threads':>7} {'batch':>5} {'precision':>9} {'ms/crop':>9} {'crops/s':>8} {'GEMM roofline ms/crop':>22}"
-          f" {'of roofline':>11}")
+          f" {'of roofline':>11} {'fp32 ceiling GFLOP/s':>21} {'of ceiling':>10}")
     for n in counts:
         threads.set_threads(n)
+        peak = fp32_ceiling()
         for batch in args.batch:
             roof = gemm_roofline(model, batch)
             for p, m in models.items():
                 med, _, _ = time_forward(m, batch, args.repeats)
                 print(f"{n:>7} {batch:>5} {p:>9} {1e3 * med / batch:>9.1f} {batch / med:>8.2f}"
-                      f" {1e3 * roof / batch:>22.1f} {roof / med:>10.0%}")
+                      f" {1e3 * roof / batch:>22.1f} {roof / med:>10.0%} {peak / 1e9:>21.0f}"
+                      f" {forward_flops(cfg, batch) / med / peak:>9.0%}")
     if args.profile:
         batch = args.batch[-1]
         total, rows = profile(model, batch)

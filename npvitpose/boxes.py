@@ -4,7 +4,9 @@ Three layouts are accepted:
 - a bare list of boxes: `[[x, y, w, h], [x, y, w, h, score], ...]`;
 - a list of objects: `[{"bbox": [x, y, w, h], "score": s}, ...]` (other keys are ignored);
 - COCO detection results: `[{"image_id": i, "category_id": c, "bbox": [...], "score": s}, ...]`,
-  of which only persons (category 1) are kept, grouped by image.
+  of which only persons (category 1) are kept, grouped by image;
+- boxes keyed by image file name: `{"frame_0001.jpg": [[x, y, w, h, score], ...], ...}` (each value
+  a bare list or a list of objects, as above).
 
 Boxes come back as float64 (N, 4) xywh plus float64 (N,) scores (1.0 when a box has no score).
 Boxes partly or entirely outside the image are kept as they are: the warp pads with zeros, so such a
@@ -15,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -28,19 +31,27 @@ MAX_JSON_BYTES = 1 << 28  # 256 MiB: COCO test-dev detections for every image ar
 _CHUNK = 1 << 20
 
 
+def _read_capped(f):
+    raw = bytearray()
+    while len(raw) <= MAX_JSON_BYTES:  # /dev/zero or an endless pipe stops here
+        chunk = f.read(_CHUNK)
+        if not chunk:
+            break
+        raw += chunk
+        if len(raw) == len(chunk) and raw.lstrip()[:1] not in (b"[", b"{", b""):
+            break  # not JSON from its first byte: no need to read further
+    return raw
+
+
 def read_json(path, what="detections"):
     """Parse a JSON file (or pipe) of at most MAX_JSON_BYTES; any read or syntax problem is one NpvitposeError."""
     label = repr(os.fsdecode(path))
     try:
-        with open(path, "rb") as f:
-            raw = bytearray()
-            while len(raw) <= MAX_JSON_BYTES:  # /dev/zero or an endless pipe stops here
-                chunk = f.read(_CHUNK)
-                if not chunk:
-                    break
-                raw += chunk
-                if len(raw) == len(chunk) and raw.lstrip()[:1] not in (b"[", b"{", b""):
-                    break  # not JSON from its first byte: no need to read further
+        if str(path) == "-":  # the usual spelling of standard input
+            raw = _read_capped(sys.stdin.buffer)
+        else:
+            with open(path, "rb") as f:
+                raw = _read_capped(f)
     except OSError as e:
         raise NpvitposeError(f"cannot read {what} file {label}: {e.strerror or e}") from None
     if len(raw) > MAX_JSON_BYTES:
@@ -129,9 +140,37 @@ def is_coco_results(data):
     return isinstance(data, list) and any(isinstance(d, dict) and "image_id" in d for d in data)
 
 
+def is_by_name(data):
+    """True when `data` maps image file names to box lists."""
+    return isinstance(data, dict) and "annotations" not in data and all(isinstance(v, list) for v in data.values())
+
+
+def group_by_name(data, box_format="xywh", bbox_thr=0.0, name="detections"):
+    """{file name: box list} -> {normalised file name: (boxes (N, 4) xywh, scores (N,))}."""
+    _check_format(box_format)
+    thr = _number(bbox_thr, "bbox threshold")
+    groups = {}
+    for key, rows in data.items():
+        where = f"{name}: {_short(key)}"
+        if not os.path.splitext(key.strip())[1]:  # {"boxes": [...]} is a mistake, not an image called "boxes"
+            raise NpvitposeError(f"{where} is not an image file name: expected a JSON list of boxes, "
+                                 "COCO detection results, or boxes keyed by file name")
+        if is_coco_results(rows):
+            raise NpvitposeError(f"{where}: holds COCO detection results; give plain boxes under each file name")
+        parsed = [_entry(item, i, box_format, where) for i, item in enumerate(rows)]
+        normal = os.path.normpath(key)
+        if normal in groups:
+            raise NpvitposeError(f"{where}: the file is listed twice")
+        groups[normal] = _arrays([b for b, _ in parsed], [s for _, s in parsed], thr)
+    return groups
+
+
 def parse_boxes(data, box_format="xywh", bbox_thr=0.0, name="detections"):
     """A bare list or a list of {"bbox", "score"} objects -> (boxes (N, 4) xywh, scores (N,))."""
     _check_format(box_format)
+    if isinstance(data, dict) and "annotations" in data:
+        raise NpvitposeError(f"{name}: a COCO annotation file, not detections; give person boxes "
+                             "(a list, COCO detection results or boxes keyed by file name)")
     if not isinstance(data, list):
         raise NpvitposeError(f"{name}: expected a JSON list of boxes, got a JSON {_kind(data)}")
     if is_coco_results(data):

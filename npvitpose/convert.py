@@ -94,6 +94,12 @@ def convert_weights(src, dataset=None) -> tuple[dict, dict]:
     return weights, meta
 
 
+def source_files(src) -> list:
+    """The files converting `src` reads (the weights, and a config.json if any): what its result depends on."""
+    _, weights, _, config_path = _locate(os.fspath(src))
+    return [weights] + ([config_path] if config_path else [])
+
+
 def _locate(src: str):
     """-> (source_format, weights file, parsed HF config or None, its path or None)."""
     if os.path.isdir(src):

@@ -29,6 +29,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 from distributed.scheduler import KilledWorker
 
 from .errors import NpvitposeError
+from .images import cv_path
 from .run import Detections, Options, Runner, check_job, expand_inputs, failure_message, is_video, vis_targets
 
 TASK_PEOPLE = 64  # people per image task: 4 forwards of CHUNK, ~15 s of ViT-B on 2 cores, little lost to a dead worker
@@ -154,12 +155,13 @@ def _finish(runner, payload, keypoints, scores):
 
 
 def images_task(plugin_name, options, jobs, given):
-    """Runs on a worker: jobs [(path, vis target)] -> one entry per job, its records or its error line."""
+    """Runs on a worker: jobs [(path, vis target)] -> per job (its image id, its records), or its error line."""
     from .images import read_image
     from .pipeline import predict_stream
 
     plugin = _worker_model(plugin_name)
     runner = Runner(plugin.model, options)
+    given = _on_this_worker(given)
     out = {}
 
     def items(todo):
@@ -176,7 +178,7 @@ def images_task(plugin_name, options, jobs, given):
     def stream(todo):
         for i, payload, keypoints, scores in predict_stream(plugin.model, items(todo), options.flip, options.decode):
             try:
-                out[i] = _finish(runner, payload, keypoints, scores)
+                out[i] = payload[0], _finish(runner, payload, keypoints, scores)
             except (NpvitposeError, OSError, MemoryError) as e:
                 out[i] = failure_message(jobs[i][0], e)
 
@@ -194,17 +196,21 @@ def images_task(plugin_name, options, jobs, given):
     return [out[i] for i in range(len(jobs))]
 
 
-def frames_task(plugin_name, options, path, start, stop, given, keep):
-    """Runs on a worker: frames [start, stop) of a video (stop None: to its end) -> (frames read, records,
-    and with `keep` each frame's (keypoints, scores, instance scores, boxes) for drawing on the client)."""
+def frames_task(plugin_name, options, path, start, stop, given):
+    """Runs on a worker: frames [start, stop) of a video (stop None: to its end) -> (frames read, per frame
+    (keypoints, scores, instance scores, boxes, box scores)). The client makes the records: track ids need
+    the frames in order (`run.VideoTracks`)."""
     import cv2
 
     from .pipeline import predict_stream
+    from .run import VideoTracks
 
     plugin = _worker_model(plugin_name)
     runner = Runner(plugin.model, options)
-    capture = cv2.VideoCapture(path)
-    read, records, arrays = 0, [], []
+    given = _on_this_worker(given)
+    with cv_path(path) as name:  # never a name OpenCV cannot take (images.cv_path)
+        capture = cv2.VideoCapture(name)
+    read, arrays = 0, []
     try:
         if not capture.isOpened():
             raise NpvitposeError(f"cannot read video {path!r}: OpenCV cannot open it")
@@ -216,22 +222,41 @@ def frames_task(plugin_name, options, path, start, stop, given, keep):
                 ok, frame = capture.read()
                 if not ok or frame is None:
                     return
-                index = start + read
                 read += 1
-                found, box_scores = given.for_frame(index)
-                yield index, np.ascontiguousarray(frame[:, :, ::-1]), found, (found, box_scores)  # BGR -> RGB
+                yield start + read - 1, np.ascontiguousarray(frame[:, :, ::-1])  # BGR -> RGB
 
         with plugin.lock:
             _threads_here()
-            for index, (found, box_scores), keypoints, scores in predict_stream(
-                    plugin.model, frames(), options.flip, options.decode):
-                result = runner.finish(keypoints, scores, found, box_scores, True)  # + the kept boxes' scores
-                records.append(runner.records(index, *result[:4]))
-                if keep:
-                    arrays.append(result)
+            if options.det_every > 1:  # boxes carried frame to frame: one frame at a time, as in one process
+                tracks = VideoTracks(runner)  # the range starts on a detection frame, as the client cut it
+                for index, image in frames():
+                    arrays.append(runner.predict(image, *tracks.boxes(index, given, image), True))
+                    tracks.frame(index, *arrays[-1])
+            else:
+                def items():
+                    for index, image in frames():
+                        found, box_scores = given.for_frame(index, image)
+                        yield index, image, found, (found, box_scores)
+
+                for _, (found, box_scores), keypoints, scores in predict_stream(plugin.model, items(), options.flip,
+                                                                                 options.decode):
+                    arrays.append(runner.finish(keypoints, scores, found, box_scores, True))
     finally:
         capture.release()
-    return read, records, arrays
+    return read, arrays
+
+
+_LOADED = {}  # per worker process: detectors by their settings, each read once (a task carries no net)
+
+
+def _on_this_worker(source):
+    """A boxes source as it arrived, with its detector (if any) swapped for this process's loaded copy."""
+    import pickle
+
+    detector = getattr(source, "detector", None)
+    if detector is not None:
+        source.detector = _LOADED.setdefault(pickle.dumps(detector), detector)
+    return source
 
 
 def _seek(capture, start):
@@ -295,9 +320,9 @@ def infer(client, inputs, boxes, model="vitpose-b", options=Options(), vis=None,
 
 
 def run(client, inputs, boxes, model, options, vis, on_error, progress=False, mmap=True, timeout=60.0, cache=None,
-        task_people=TASK_PEOPLE):
+        task_people=TASK_PEOPLE, sink=None):
     """`infer` for the command -> (records, number of inputs failed); progress: a bar on stderr, or an
-    object whose update(n) is called as results come in."""
+    object whose update(n) is called as results come in; sink(header, records) as `run.run` calls it, in order."""
     from . import fetch
     from .model import load
 
@@ -320,7 +345,7 @@ def run(client, inputs, boxes, model, options, vis, on_error, progress=False, mm
         with contextlib.suppress(Exception):  # a plugin that failed must not stay registered for later workers
             client.unregister_worker_plugin(plugin.name)
         raise
-    job = _Job(client, plugin.name, options, on_error, timeout, task_people)
+    job = _Job(client, plugin.name, options, on_error, timeout, task_people, sink)
     if is_video(inputs[0]):
         return job.video(inputs[0], boxes, targets[0], here, workers, progress)
     return job.images(inputs, boxes, targets, workers, progress)
@@ -353,9 +378,9 @@ def _cost(boxes):
 class _Job:
     """Submits the tasks of one job and takes their results in submission order."""
 
-    def __init__(self, client, plugin_name, options, on_error, timeout, task_people):
+    def __init__(self, client, plugin_name, options, on_error, timeout, task_people, sink):
         self.client, self.plugin, self.options = client, plugin_name, options
-        self.on_error, self.timeout, self.task_people = on_error, timeout, task_people
+        self.on_error, self.timeout, self.task_people, self.sink = on_error, timeout, task_people, sink
         self.token = uuid.uuid4().hex[:12]
         self.failed, self.progress = 0, None
 
@@ -388,9 +413,7 @@ class _Job:
 
     def fail(self, path, message):
         self.failed += 1
-        if getattr(self.progress, "enabled", False):
-            sys.stderr.write("\n")  # off the progress bar's line
-        self.on_error(path, message)
+        self.on_error(path, message)  # messages.error ends a progress bar's line first
 
     def track(self, progress, total, label, unit):
         from .messages import Progress
@@ -418,7 +441,7 @@ class _Job:
             costs = [EMPTY_COST if isinstance(given[p], str) else _cost(given[p][1]) for p in inputs]
             cut = lambda a, b: _Given(images={p: given[p] for p in inputs[a:b]})  # noqa: E731
         else:  # a source of its own (a detector) runs on the worker, which reads the image
-            costs, cut = [1.0] * len(inputs), lambda a, b: boxes  # noqa: E731
+            costs, cut = [1.0] * len(inputs), lambda a, b: _part(boxes, inputs[a:b])  # noqa: E731
         ranges = split(costs, workers, self.task_people)
         futures = [self.submit(images_task, i, list(zip(inputs[a:b], targets[a:b])), cut(a, b))
                    for i, (a, b) in enumerate(ranges)]
@@ -430,8 +453,10 @@ class _Job:
             for path, entry in zip(inputs[a:b], result):
                 if isinstance(entry, str):
                     self.fail(path, entry)
-                else:
-                    records.extend(entry)
+                    continue
+                records.extend(entry[1])
+                if self.sink is not None:
+                    self.sink({"image_id": entry[0], "file": os.fspath(path)}, entry[1])
             self.step(b - a)
         self.close()
         return records, self.failed
@@ -439,30 +464,46 @@ class _Job:
     def video(self, path, boxes, target, model, workers, progress):
         import cv2
 
+        from .run import VideoTracks, process_video, video_fps
+
         if not os.path.isfile(path):
             self.fail(path, f"cannot read video {path!r}: no such file")
             return [], self.failed
-        capture = cv2.VideoCapture(path)
-        announced = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0) if capture.isOpened() else 0
+        with cv_path(path) as name:
+            capture = cv2.VideoCapture(name)
+        opened = capture.isOpened()
+        announced = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0) if opened else 0
+        fps = video_fps(capture) if opened else 25.0
         capture.release()
-        costs = [_cost(boxes.for_frame(i, None)[0]) for i in range(announced)]
-        ranges = split(costs, workers, self.task_people) or [(0, None)]
+        if isinstance(boxes, Detections):
+            costs = [_cost(boxes.for_frame(i, None)[0]) for i in range(announced)]
+        else:  # a detector: every frame alike
+            costs = [1.0] * announced
+        ranges = _aligned(split(costs, workers, self.task_people), self.options.det_every) or [(0, None)]
         ranges[-1] = (ranges[-1][0], None)  # the last range reads to the end, whatever count the file announced
-        # every frame's arrays come back: tracking (run.VideoTracks) runs here, over the frames in order
-        futures = [self.submit(frames_task, i, path, a, b, _frames_given(boxes, a, b), True)
+        futures = [self.submit(frames_task, i, path, a, b, _frames_given(boxes, a, b))
                    for i, (a, b) in enumerate(ranges)]
+        runner = Runner(model, self.options)
+        tracks = VideoTracks(runner)  # track ids over the frames in order, as one process makes them
         frames, records, arrays = 0, [], []
         self.track(progress, announced or None, os.path.basename(path), "frames")
         try:
             for (a, b), result in zip(ranges, self.results(futures)):
                 if isinstance(result, KilledWorker):
                     raise NpvitposeError(_killed(result))
-                read, chunk, kept = result
-                if a == frames:  # after an early end (a frame that does not decode) one process stops: so do we
-                    frames += read
-                    records.extend(r for per_frame in chunk for r in per_frame)
-                    arrays.extend(kept)
+                read, kept = result
                 self.step(read)
+                if a != frames:  # after an early end (a frame that does not decode) one process stops: so do we
+                    continue
+                frames += read
+                if target is not None:
+                    arrays.extend(kept)
+                    continue
+                for index, predicted in enumerate(kept, a):
+                    frame_records = tracks.frame(index, *predicted)[0]
+                    records.extend(frame_records)
+                    if self.sink is not None:
+                        self.sink({"image_id": index, "time": round(index / fps, 4)}, frame_records)
         except NpvitposeError as e:
             self.fail(path, failure_message(path, e))
             return [], self.failed
@@ -471,18 +512,31 @@ class _Job:
         if frames == 0:
             self.fail(path, f"cannot read video {path!r}: no frame could be decoded")
             return [], self.failed
-        if target is not None:  # drawn on the client through the code of one process: the same file as one process
-            from .run import process_video
-
-            return process_video(_Replay(Runner(model, self.options), arrays), boxes, path, target), self.failed
+        if target is not None:  # drawn here through the code of one process: the same file as one process
+            return process_video(_Replay(runner, arrays), _Given(), path, target, self.sink), self.failed
         if announced and frames < announced:
             from .messages import warn
 
             warn(f"{path}: read {frames} of {announced} announced frames")
-        from .run import VideoTracks
+        return records, self.failed
 
-        tracks = VideoTracks(Runner(model, self.options))
-        return [r for index, result in enumerate(arrays) for r in tracks.frame(index, *result)[0]], self.failed
+
+def _aligned(ranges, every):
+    """Ranges cut only at multiples of `every` (--det-every): each then starts on a detection frame."""
+    cuts = sorted({a - a % every for a, _ in ranges})
+    return [(a, b) for a, b in zip(cuts, cuts[1:] + [ranges[-1][1]])] if ranges else []
+
+
+def _part(source, paths):
+    """A boxes source of its own, for the inputs of one task: run.DetectedBoxes numbers the images it
+    cannot name by their place among all inputs; only these inputs' places travel."""
+    import copy
+
+    if not hasattr(source, "order"):
+        return source
+    part = copy.copy(source)
+    part.order = {os.fspath(p): source.order[os.fspath(p)] for p in paths if os.fspath(p) in source.order}
+    return part
 
 
 def _frames_given(boxes, a, b):

@@ -391,12 +391,26 @@ def download(url, dest, sha256=None, progress=None, max_bytes=None):
     return dest
 
 
+CHECKPOINT_EXTS = (".pth", ".pt", ".safetensors")  # converted on use (a folder is a Hugging Face one)
+_NAME = re.compile(r"[a-z0-9][a-z0-9._+-]{0,99}")  # an installed model's name: a file name in the cache
+
+
+def offline_help(name):
+    """What to do when a published model cannot be downloaded (no network, a blocked hub)."""
+    return (f"offline, or the hub blocked? set HF_ENDPOINT to a mirror, give --model a file you have (a converted "
+            f".npz, a Hugging Face folder or an official .pth), or install one under this name: "
+            f"npvitpose fetch --from FILE {name}")
+
+
 def fetch(name, cache_dir=None, endpoint=None, progress=None, dataset=None):
     """Download the model `name` (see SOURCES / ALIASES) if needed and return the path of its .npz.
 
     `dataset` picks the head/expert of a multi-dataset checkpoint (see npvitpose.convert.convert);
-    the result is then cached as `<name>-<dataset>.npz`.
+    the result is then cached as `<name>-<dataset>.npz`. Only the converted file is kept: the download
+    is deleted once converted (another `dataset` of the same checkpoint downloads it again).
     """
+    import shutil
+
     canonical = canonical_name(name)
     cache = cache_folder(cache_dir)
     out = model_path(canonical, cache, dataset)
@@ -405,10 +419,13 @@ def fetch(name, cache_dir=None, endpoint=None, progress=None, dataset=None):
     source = SOURCES[canonical]
     folder = os.path.join(cache, "downloads", source.repo.replace("/", "--"))
     base = endpoint_url(endpoint)
-    paths = [
-        download(file_url(base, source.repo, file_name), os.path.join(folder, file_name), sha, progress)
-        for file_name, sha in zip(source.files, source.sha256)
-    ]
+    try:
+        paths = [
+            download(file_url(base, source.repo, file_name), os.path.join(folder, file_name), sha, progress)
+            for file_name, sha in zip(source.files, source.sha256)
+        ]
+    except NpvitposeError as e:
+        raise NpvitposeError(f"{e}; {offline_help(name)}") from None
     src = folder if source.convert_from == "folder" else paths[-1]
     from .convert import convert
 
@@ -416,27 +433,118 @@ def fetch(name, cache_dir=None, endpoint=None, progress=None, dataset=None):
         convert(src, out, dataset)
     except NpvitposeError as e:  # a download that passed every check but still does not convert
         raise NpvitposeError(f"{e} (if the download is damaged, delete {folder} and run again)") from None
+    shutil.rmtree(folder, ignore_errors=True)  # the raw download (as large as the model): not needed any more
     return out
 
 
+def _content_key(src):
+    """A short digest of what converting `src` reads, so an edited or replaced checkpoint converts anew."""
+    from .convert import source_files
 
-def resolve(spec, cache=None, note=None):
-    """A model given by the user -> the path of its .npz: an existing file as it is, else a published
-    name, downloaded and converted into the cache on first use (announced through `note(text)`)."""
+    digest = hashlib.sha256()
+    for path in source_files(src):
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def converted(src, cache=None, dataset=None, note=None):
+    """A checkpoint (official .pth, .safetensors, a Hugging Face folder) -> its .npz, converted once into
+    `<cache>/converted/`, keyed by the checkpoint's content."""
+    from .convert import convert
+
+    stem = os.path.splitext(os.path.basename(os.path.normpath(os.fspath(src))))[0]
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", stem) or "model"
+    out = os.path.join(cache_folder(cache), "converted", f"{stem}-{_content_key(src)}"
+                       + (f"-{dataset}" if dataset else "") + ".npz")
+    if not os.path.exists(out):
+        if note is not None:
+            note(f"converting {src} once into the cache ({out}); later runs load that")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        convert(src, out, dataset)
+    return out
+
+
+def is_checkpoint(path):
+    return os.path.isdir(path) or os.path.splitext(str(path))[1].lower() in CHECKPOINT_EXTS
+
+
+def installed_path(name, cache=None, dataset=None):
+    """Where a model installed (or fetched) under `name` lives in the cache, a published name or not."""
+    if is_model_name(name):
+        return model_path(name, cache, dataset)
+    key = str(name).strip().lower()
+    if not _NAME.fullmatch(key) or key.endswith(".npz"):
+        raise NpvitposeError(f"{name!r} is not a model name (letters, digits and . _ + -, without .npz)")
+    return os.path.join(cache_folder(cache), key + (f"-{dataset}" if dataset else "") + ".npz")
+
+
+def install(src, name, cache=None, dataset=None):
+    """`npvitpose fetch --from SRC NAME`: a converted .npz (checked) or a checkpoint (converted) placed in the
+    cache under NAME, so `--model NAME` and `npvitpose.load(NAME)` find it with no network."""
+    import shutil
+
+    from .convert import convert
+    from .outputs import atomic_output
+
+    src = os.fspath(src)
+    if not os.path.exists(src):
+        raise NpvitposeError(f"--from {src!r}: no such file or folder")
+    out = installed_path(name, cache, dataset)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if is_checkpoint(src):
+        convert(src, out, dataset)
+        return out
+    if dataset is not None:
+        raise NpvitposeError("--dataset picks the expert of a checkpoint being converted; this is a converted .npz")
+    from .model import load
+
+    load(src)  # every key, shape and dtype checked before it is installed
+    with atomic_output(out) as tmp:
+        shutil.copyfile(src, tmp)
+    return out
+
+
+def cache_entries(cache=None):
+    """What the cache holds: [(kind, path, bytes)] with kind "model", "converted" or "download"."""
+    root = cache_folder(cache)
+    entries = []
+    for kind, folder in (("model", root), ("converted", os.path.join(root, "converted"))):
+        if os.path.isdir(folder):
+            entries += [(kind, os.path.join(folder, n), os.path.getsize(os.path.join(folder, n)))
+                        for n in sorted(os.listdir(folder)) if n.endswith(".npz")]
+    downloads = os.path.join(root, "downloads")
+    if os.path.isdir(downloads):  # what an interrupted download left (a finished one is deleted when converted)
+        for repo in sorted(os.listdir(downloads)):
+            folder = os.path.join(downloads, repo)
+            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+            entries.append(("download", folder, size))
+    return entries
+
+
+def resolve(spec, cache=None, note=None, dataset=None):
+    """A model given by the user -> the path of its .npz: a converted file as it is; a checkpoint (an
+    official .pth, a Hugging Face folder) converted once into the cache; a name installed in the cache;
+    else a published name, downloaded and converted on first use (announced through `note(text)`)."""
     spec = os.fspath(spec)
     if os.path.exists(spec):
-        return spec
-    try:
-        canonical = canonical_name(spec)
-    except NpvitposeError:
-        raise NpvitposeError(
-            f"model {spec!r}: no such file, and not a known model name (see `npvitpose fetch --list`)"
-        ) from None
-    path = model_path(canonical, cache)
+        return converted(spec, cache, dataset, note) if is_checkpoint(spec) else spec
+    if not is_model_name(spec):
+        try:
+            path = installed_path(spec, cache, dataset)
+        except NpvitposeError:
+            path = None
+        if path is None or not os.path.exists(path):
+            raise NpvitposeError(f"model {spec!r}: no such file, and not a known or installed model name "
+                                 "(see `npvitpose fetch --list` and `npvitpose cache`)")
+        return path
+    canonical = canonical_name(spec)
+    path = model_path(canonical, cache, dataset)
     if not os.path.exists(path):
         endpoint_url()  # a malformed HF_ENDPOINT is reported before the download is announced
         if note is not None:
             note(f"model {spec!r} is not in the cache {os.path.dirname(path)!r}; "
                  f"downloading it once from {SOURCES[canonical].repo}")
-        path = fetch(canonical, cache_dir=cache)
+        path = fetch(canonical, cache_dir=cache, dataset=dataset)
     return path

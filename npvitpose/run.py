@@ -48,10 +48,18 @@ def is_video(path):
 
 
 def expand_inputs(paths):
-    """Files stay as given (a missing one fails later, on its own); a folder gives its images, sorted."""
+    """Files stay as given (a missing one fails later, on its own); a folder gives its images, sorted;
+    a pattern the shell did not expand (quoted, or from a script: 'frames/*.jpg') gives its matches, sorted."""
+    import glob
+
     out = []
     for path in paths:
-        if os.path.isdir(path):
+        if not os.path.exists(path) and glob.has_magic(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise NpvitposeError(f"no file matches {path!r}")
+            out.extend(expand_inputs(matches))
+        elif os.path.isdir(path):
             names = sorted(n for n in os.listdir(path) if ext(n) in IMAGE_EXTS and not n.startswith("."))
             if not names:
                 raise NpvitposeError(f"folder {path!r} holds no images ({', '.join(IMAGE_EXTS)})")
@@ -81,42 +89,83 @@ class Options:
     track_thr: float = 0.3  # mmpose's tracking_thr
     smooth: bool = False  # video: One-Euro filter per track (off: per-frame results stay the official pipeline's)
     max_image_pixels: int | None = None  # None: images.MAX_IMAGE_PIXELS
+    layout: str = "coco"  # the records: "coco" keypoint results, or "mmpose" (its inferencer's instances)
 
 
 class Detections:
-    """A boxes file, parsed once: either one plain box list or COCO results grouped by image id."""
+    """A boxes file, parsed once: one plain box list, COCO results grouped by image id, or boxes keyed by
+    file name. `path` "-" reads standard input."""
 
     def __init__(self, path, box_format="xywh", bbox_thr=0.0, images=None, image_id=None):
         from . import boxes as B
 
         self.path = path
-        self.name = os.path.basename(path)
+        self.name = "standard input" if path == "-" else os.path.basename(path)
         data = B.read_json(path)
         self.coco = B.is_coco_results(data)
+        self.by_name = B.is_by_name(data)
+        self.plain = None
         if self.coco:
             self.groups = B.group_coco(data, box_format, bbox_thr, self.name)
-            self.plain = None
+        elif self.by_name:
+            self.groups = B.group_by_name(data, box_format, bbox_thr, self.name)
+            self.sizes = {os.path.normpath(k): len(v) for k, v in data.items()}
+            bases = {}
+            for key in self.groups:
+                bases.setdefault(os.path.basename(key), []).append(key)
+            self._bases = bases
         else:
             self.plain = B.parse_boxes(data, box_format, bbox_thr, self.name)
+        self.count = len(data)  # entries in the file, before --bbox-thr: 0 means "nobody", not a mistake
         self.image_list = B.read_image_list(images) if images else None
         self.image_id = None if image_id is None else B.id_key(image_id)
+
+    def key(self, path):
+        """The image id (COCO) or file name (keyed by name) under which `path`'s boxes are filed."""
+        from . import boxes as B
+
+        if self.by_name:
+            normal = os.path.normpath(path)
+            if normal in self.groups:
+                return normal
+            found = self._bases.get(os.path.basename(normal), [])
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise NpvitposeError(f"{path}: {self.name} lists several files of this name ({', '.join(found)})")
+            raise NpvitposeError(f"{path}: no entry for it in {self.name} (give [] for an image with nobody)")
+        image_id = self.image_id if self.image_id is not None else B.id_for_file(path, self.image_list)
+        if image_id is None:
+            how = ("it is not in the --images list" if self.image_list is not None else
+                   "name it by its id, pass --images or --image-id, or key the boxes by file name")
+            raise NpvitposeError(f"{path}: cannot tell its COCO image id ({how})")
+        return image_id
+
+    def said_nobody(self, path):
+        """True when the file itself gives this image no boxes (`[]`), rather than leaving it out."""
+        if self.plain is not None:
+            return self.count == 0
+        return self.by_name and self.sizes[self.key(path)] == 0
 
     def for_image(self, path, image=None):
         """-> (image id, boxes (N, 4) xywh, scores (N,)) for one image file."""
         from . import boxes as B
 
-        if not self.coco:
+        if self.plain is not None:
             image_id = self.image_id if self.image_id is not None else B.id_for_file(path)
             return (0 if image_id is None else image_id), *self.plain
-        image_id = self.image_id if self.image_id is not None else B.id_for_file(path, self.image_list)
-        if image_id is None:
-            how = "it is not in the --images list" if self.image_list is not None else "pass --images or --image-id"
-            raise NpvitposeError(f"{path}: cannot tell its COCO image id ({how})")
-        return (image_id, *self._group(image_id))
+        key = self.key(path)
+        if self.by_name:  # the records' image_id: the COCO id a file is named by, else its name
+            image_id = B.id_for_file(path)
+            return (os.path.basename(path) if image_id is None else image_id), *self.groups[key]
+        return (key, *self._group(key))
 
     def for_frame(self, index, image=None):
-        if not self.coco:
+        if self.plain is not None:
             return self.plain
+        if self.by_name:
+            raise NpvitposeError(f"{self.name}: boxes keyed by file name are for images; "
+                                 "a video takes one box list or COCO results with frame indices as image_id")
         return self._group(index)  # a video's detections use the frame index as image_id
 
     def _group(self, image_id):
@@ -128,6 +177,8 @@ class DetectedBoxes:
     """The boxes source of inputs without a boxes file: a person detector, or the whole picture (detector None).
 
     An image's id is the one --image-id gives, else its numeric file stem, else its place among the inputs."""
+
+    count = 0  # no boxes file: finding nobody is not "the file's boxes matched none of the inputs"
 
     def __init__(self, detector=None, bbox_thr=0.0, inputs=(), image_id=None):
         from . import boxes as B
@@ -153,8 +204,29 @@ class DetectedBoxes:
         return self.detect(image)
 
 
+def jit_cache_cold(modules=None):
+    """True when most kernels have no machine code in Numba's cache: a fresh install (or a new cache
+    folder), whose first forward compiles them. A few never compiled is normal: each model and decode
+    rule uses only some kernels (a simple head never runs the deconvolution)."""
+    import glob
+
+    from numba.core.dispatcher import Dispatcher
+
+    if modules is None:
+        modules = [m for name, m in list(sys.modules.items()) if name.startswith("npvitpose.kernels.")]
+    cached = missing = 0
+    for module in modules:
+        for fn in vars(module).values():
+            if not isinstance(fn, Dispatcher) or fn.stats.cache_path is None:  # not cache=True
+                continue
+            index = f"{module.__name__.rsplit('.', 1)[-1]}.{fn.py_func.__qualname__}-*.nbi"  # Numba's index file name
+            cached += 1
+            missing += not glob.glob(os.path.join(glob.escape(fn.stats.cache_path), index))
+    return cached > 0 and 2 * missing >= cached
+
+
 def check_job(inputs, boxes):
-    """Refuse, before any model work, a job that cannot give a result."""
+    """Refuse, before any model work, a job that cannot give a result; -> the images that have no boxes."""
     videos = [p for p in inputs if is_video(p)]
     image_id = getattr(boxes, "image_id", None)
     if videos and len(inputs) > 1:
@@ -164,11 +236,26 @@ def check_job(inputs, boxes):
     if image_id is not None and len(inputs) > 1:
         raise NpvitposeError("--image-id selects the detections of one image; for several, use --images or COCO names")
     if getattr(boxes, "plain", None) is not None and len(inputs) > 1:
-        raise NpvitposeError(
-            f"{boxes.name}: a plain box list is for one image; for several, use COCO detection results")
+        raise NpvitposeError(f"{boxes.name}: a plain box list is for one image; for several, use COCO detection "
+                             "results or boxes keyed by file name")
     if not any(os.path.exists(p) or is_camera(p) for p in inputs):  # nothing to do: say so before loading or downloading a model
         raise NpvitposeError(f"image file not found: {inputs[0]}" if len(inputs) == 1 else
                              f"none of the {len(inputs)} inputs exists (first: {inputs[0]})")
+    if not isinstance(boxes, Detections) or videos:
+        return []
+    unknown, empty = [], []
+    for path in inputs:
+        try:
+            _, found, _ = boxes.for_image(path)
+        except NpvitposeError as e:
+            unknown.append(str(e))
+            continue
+        if not len(found) and not boxes.said_nobody(path):
+            empty.append(path)
+    if unknown:  # every image must be matched before the model loads, not one failure per image after it
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise NpvitposeError(unknown[0] + more)
+    return empty
 
 
 def roi_areas(boxes):
@@ -223,18 +310,25 @@ class Runner:
             box_scores = np.asarray(box_scores)[keep]
         return (keypoints, scores, inst, boxes) + ((np.asarray(box_scores),) if with_box_scores else ())
 
-    def records(self, image_id, keypoints, scores, inst, boxes):
+    def records(self, image_id, keypoints, scores, inst, boxes, box_scores=None):
+        """One record per person, in the layout of `options.layout`; keypoints always (x, y)."""
         out = []
-        for kp, sc, s, box in zip(keypoints, scores, inst, boxes):
-            flat = np.concatenate([kp.astype(np.float64), sc.astype(np.float64)[:, None]], axis=1)
-            flat[:, :2] = np.round(flat[:, :2], 3)
-            flat[:, 2] = np.round(flat[:, 2], 5)
+        box_scores = [None] * len(boxes) if box_scores is None else box_scores
+        for kp, sc, s, box, bs in zip(keypoints, scores, inst, boxes, box_scores):
+            xy = np.round(np.asarray(kp, dtype=np.float64), 3)
+            sc = np.round(np.asarray(sc, dtype=np.float64), 5)
+            x, y, w, h = (round(float(v), 3) for v in box)
+            if self.options.layout == "mmpose":  # mmpose.structures.split_instances: bbox is [[x1, y1, x2, y2]]
+                out.append({"keypoints": xy.tolist(), "keypoint_scores": sc.tolist(),
+                            "bbox": [[x, y, round(x + w, 3), round(y + h, 3)]],
+                            "bbox_score": None if bs is None else round(float(bs), 5)})
+                continue
             out.append({
                 "image_id": image_id,
                 "category_id": 1,
-                "keypoints": flat.reshape(-1).tolist(),
+                "keypoints": np.concatenate([xy, sc[:, None]], axis=1).reshape(-1).tolist(),
                 "score": round(float(s), 5),
-                "bbox": [round(float(v), 3) for v in box],
+                "bbox": [x, y, w, h],
             })
         return out
 
@@ -253,7 +347,10 @@ def vis_targets(vis, inputs):
 
     if vis is None:
         return [None] * len(inputs)
-    as_dir = vis.endswith(("/", os.sep)) or os.path.isdir(vis) or len(inputs) > 1 or not ext(vis)
+    as_dir = vis.endswith(("/", os.sep)) or os.path.isdir(vis) or not ext(vis)
+    if not as_dir and len(inputs) > 1:
+        raise NpvitposeError(f"--vis {vis!r} names one file, but there are {len(inputs)} inputs; "
+                             f"give a folder (such as {os.path.splitext(vis)[0]}/) to draw each of them")
     if not as_dir:
         want = VIDEO_EXTS if is_video(inputs[0]) else DRAW_EXTS
         if ext(vis) not in want:
@@ -282,11 +379,14 @@ def process_image(runner, boxes, path, vis_target=None, sink=None):
 
     image = read_image(path, runner.options.max_image_pixels)
     image_id, found, box_scores = boxes.for_image(path, image)
-    keypoints, scores, inst, found = runner.predict(image, found, box_scores)
+    keypoints, scores, inst, found, found_scores = runner.predict(image, found, box_scores, True)
     if vis_target is not None:
+        if len(scores) and not (scores >= runner.options.kpt_thr).any():
+            warn(f"{path}: no keypoint scores {runner.options.kpt_thr} (--kpt-thr) or more "
+                 f"(highest {float(scores.max()):.3f}); {vis_target} shows none")
         os.makedirs(os.path.dirname(os.path.abspath(vis_target)), exist_ok=True)
         write_image_atomic(vis_target, runner.draw(image, keypoints, scores, found))
-    records = runner.records(image_id, keypoints, scores, inst, found)
+    records = runner.records(image_id, keypoints, scores, inst, found, found_scores)
     if sink is not None:
         sink({"image_id": image_id, "file": os.fspath(path)}, records)
     return records
@@ -389,10 +489,18 @@ class VideoTracks:
             carry, alive = boxes_from_keypoints(keypoints, scores, self.options.kpt_thr)
             self.carried = (carry[alive], np.asarray(kept_scores)[alive])
         shown = self.smoother(ids, keypoints) if self.smoother is not None else keypoints
-        records = self.runner.records(index, shown, scores, inst, kept)
+        records = self.runner.records(index, shown, scores, inst, kept, kept_scores)
         for record, track in zip(records, ids.tolist()):
             record["track_id"] = track
         return records, shown, ids
+
+
+def video_fps(capture):
+    """The frame rate a video announces, or 25 when it announces none (or nonsense)."""
+    import cv2
+
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    return fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 25.0
 
 
 def process_video(runner, boxes, path, vis_target=None, sink=None):
@@ -406,8 +514,7 @@ def process_video(runner, boxes, path, vis_target=None, sink=None):
     with contextlib.ExitStack() as stack:
         stack.callback(capture.release)
         announced = 0 if camera else int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        fps = fps if fps and np.isfinite(fps) and 0 < fps < 1000 else 25.0
+        fps = video_fps(capture)
         bar = Progress(max(announced, 0) or None, os.path.basename(str(path)), unit="frames")
         records, index, writer = [], 0, None
         while True:
@@ -431,7 +538,10 @@ def process_video(runner, boxes, path, vis_target=None, sink=None):
                 if not camera:
                     raise
                 break  # Ctrl-C is how a camera run ends: the frames done so far are written as usual
-            records.extend(frame_records)
+            if runner.options.layout == "mmpose":  # its inferencer's video layout: one entry per frame
+                records.append({"frame_id": index, "instances": frame_records})
+            else:
+                records.extend(frame_records)
             if sink is not None:
                 sink({"image_id": index, "time": round(index / fps, 4)}, frame_records)
             index += 1
@@ -496,18 +606,22 @@ class JsonLines:
             self.file.close()
 
 
-def run(runner, boxes, inputs, vis=None, sink=None):
-    """Every input in order -> (records, number failed); a failing input is reported on one line and skipped."""
+def run(runner, boxes, inputs, vis=None, sink=None, done=None):
+    """Every input in order -> (records, number failed); a failing input is reported on one line and skipped.
+
+    sink(header, records) receives each image's or frame's records as they are made (see `process`);
+    done(path, records) each input's, once it is finished."""
     vis = [None] * len(inputs) if vis is None else vis
     results, failed = [], 0
     bar = Progress(len(inputs), "images", unit="images") if len(inputs) > 1 else None
     for path, target in zip(inputs, vis):
         try:
-            results.extend(process(runner, boxes, path, target, sink))
+            records = process(runner, boxes, path, target, sink)
+            if done is not None:
+                done(path, records)
+            results.extend(records)
         except (NpvitposeError, OSError, MemoryError) as e:
             failed += 1
-            if bar is not None and bar.enabled:
-                sys.stderr.write("\n")
             error(failure_message(path, e))
         if bar is not None:
             bar.update()

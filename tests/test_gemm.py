@@ -13,10 +13,21 @@ def f32(*shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+@pytest.fixture(autouse=True, params=["micro-kernel", "blas"])
+def path(request, monkeypatch):
+    """Every test runs through both paths: the micro-kernel at any M (where the CPU has one) and BLAS."""
+    if request.param == "micro-kernel" and not gemm.OWN:
+        pytest.skip(f"no micro-kernel for ISA {gemm.ISA}")
+    monkeypatch.setitem(gemm.OWN_MAX_ROWS, gemm.ISA, 1 << 62 if request.param == "micro-kernel" else -1)
+    return request.param
+
+
 def rel_err(got, want):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+# float32 sums of K products in k order: the error grows like sqrt(K) eps; 2.3e-6 seen at K = 3072
+TOL = 5e-6
 SHAPES = [(1, 1, 1), (5, 7, 3), (13, 33, 50), (37, 100, 96), (192, 768, 2304), (200, 3072, 768)]
 
 
@@ -24,8 +35,8 @@ SHAPES = [(1, 1, 1), (5, 7, 3), (13, 33, 50), (37, 100, 96), (192, 768, 2304), (
 def test_plain_and_bias(m, k, n):
     x, w, bias = f32(m, k), f32(n, k, scale=k ** -0.5), f32(n)
     packed = gemm.pack_weight(w)
-    assert rel_err(gemm.linear(x, packed), twins.linear(x, w)) < 2e-6
-    assert rel_err(gemm.linear(x, packed, bias), twins.linear(x, w, bias)) < 2e-6
+    assert rel_err(gemm.linear(x, packed), twins.linear(x, w)) < TOL
+    assert rel_err(gemm.linear(x, packed, bias), twins.linear(x, w, bias)) < TOL
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
@@ -33,7 +44,7 @@ def test_gelu_epilogue(m, k, n):
     x, w, bias = f32(m, k, scale=2.0), f32(n, k, scale=k ** -0.5), f32(n)
     got = gemm.linear(x, gemm.pack_weight(w), bias, gelu=True)
     want = twins.linear(x, w, bias, gelu=True)
-    assert np.abs(got - want).max() < 2e-6 * max(1.0, np.abs(want).max())
+    assert np.abs(got - want).max() < TOL * max(1.0, np.abs(want).max())
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
@@ -42,10 +53,10 @@ def test_residual_in_place(m, k, n):
     want = twins.linear(x, w, bias, residual=r)
     stream = r.copy()
     assert gemm.linear(x, gemm.pack_weight(w), bias, residual=stream, out=stream) is stream
-    assert rel_err(stream, want) < 2e-6
+    assert rel_err(stream, want) < TOL
     fresh = r.copy()
     got = gemm.linear(x, gemm.pack_weight(w), bias, residual=fresh)  # a new output; the residual is kept
-    assert rel_err(got, want) < 2e-6 and np.array_equal(fresh, r)
+    assert rel_err(got, want) < TOL and np.array_equal(fresh, r)
 
 
 def test_writes_into_out_and_keeps_nan_local():
@@ -54,7 +65,7 @@ def test_writes_into_out_and_keeps_nan_local():
     out = np.full((9, 24), 7.0, np.float32)
     assert gemm.linear(x, gemm.pack_weight(w), out=out) is out
     assert np.isnan(out[4]).all() and not np.isnan(np.delete(out, 4, 0)).any()
-    assert rel_err(np.delete(out, 4, 0), np.delete(twins.linear(x, w), 4, 0)) < 2e-6
+    assert rel_err(np.delete(out, 4, 0), np.delete(twins.linear(x, w), 4, 0)) < TOL
 
 
 def test_rejects_misfits():

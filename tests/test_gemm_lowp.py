@@ -22,6 +22,17 @@ rng = np.random.default_rng(8)
 SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 50), (20, 66, 97), (192, 384, 1152)]
 
 
+@pytest.fixture(params=["amx", "avx512"])
+def path(request, monkeypatch):
+    """Run each kernel test through the AMX tiles and through the AVX-512 tiles (where the CPU has them)."""
+    if request.param == "avx512":
+        monkeypatch.setattr(gemm_bf16, "AMX", False)
+        monkeypatch.setattr(gemm_int8, "AMX", False)
+    elif not (gemm_bf16.AMX or gemm_int8.AMX):
+        pytest.skip("no AMX on this CPU")
+    return request.param
+
+
 def case(m, k, n, seed=0):
     r = np.random.default_rng(seed)
     x = r.standard_normal((m, k)).astype(np.float32)
@@ -47,7 +58,7 @@ def test_bf16_rounding_matches_torch_and_twin():
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("epilogue", ["bias", "gelu", "residual"])
-def test_bf16_linear_matches_twin(m, k, n, epilogue):
+def test_bf16_linear_matches_twin(m, k, n, epilogue, path):
     x, w, b, res = case(m, k, n)
     packed = gemm_bf16.pack_weight(w)
     kw = {"gelu": epilogue == "gelu", "residual": res if epilogue == "residual" else None}
@@ -62,7 +73,7 @@ def test_bf16_linear_matches_twin(m, k, n, epilogue):
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("epilogue", ["bias", "gelu", "residual"])
-def test_int8_linear_matches_twin(m, k, n, epilogue):
+def test_int8_linear_matches_twin(m, k, n, epilogue, path):
     x, w, b, res = case(m, k, n, seed=1)
     packed = gemm_int8.pack_weight(w)
     q, sw = twins.int8_weight(w)
@@ -77,7 +88,7 @@ def test_int8_linear_matches_twin(m, k, n, epilogue):
 
 
 @pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
-def test_residual_in_place_and_no_bias(module):
+def test_residual_in_place_and_no_bias(module, path):
     x, w, _, res = case(40, 64, 100, seed=2)
     packed = module.pack_weight(w)
     expected = res + module.linear(x, packed)
@@ -87,7 +98,7 @@ def test_residual_in_place_and_no_bias(module):
     assert module.linear(x[:0], packed).shape == (0, 100)
 
 
-def test_int8_outlier_rows_and_nan():
+def test_int8_outlier_rows_and_nan(path):
     x, w, b, _ = case(16, 64, 48, seed=3)
     x[3, 5] = 1e4  # one outlier costs its own row's resolution, never another row's
     x[7, 0] = np.nan

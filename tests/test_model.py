@@ -96,8 +96,8 @@ def test_not_a_model_file(tmp_path, weights):
         npvitpose.load(text)
     with pytest.raises(npvitpose.NpvitposeError, match="no such file"):
         npvitpose.load(tmp_path / "missing.npz")
-    with pytest.raises(npvitpose.NpvitposeError, match="npvitpose convert"):
-        npvitpose.load(tmp_path)  # a Hugging Face folder, say
+    with pytest.raises(npvitpose.NpvitposeError, match="no model.safetensors"):
+        npvitpose.load(tmp_path)  # a folder is taken for a Hugging Face one, to convert: it has no weights
     plain = tmp_path / "plain.npz"
     np.savez(plain, a=np.zeros(3))
     with pytest.raises(npvitpose.NpvitposeError, match="no __meta__"):

@@ -24,6 +24,7 @@ from npvitpose.pipeline import (
 )
 
 FIXTURE = Path(__file__).parent / "data" / "warp_cv4.npz"
+ARM_FIXTURE = Path(__file__).parent / "data" / "classic_matrix_arm64.npz"
 SPEC_BOX = (384.43, 172.21, 15.12, 35.74)  # spec 4.3 worked example
 COCO_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
 
@@ -75,6 +76,13 @@ def test_classic_matrix_worked_example():
     spec = [[5.73027838, 0, -2150.21177], [0, 5.73027316, -961.210333]]
     assert np.allclose(m, spec, rtol=5e-9, atol=1e-14)  # the spec prints 9 digits
     assert 0 < abs(m[1, 0]) < 1e-14  # float32 noise, not exactly 0 (spec 4.4)
+
+
+def test_classic_matrix_rounds_like_opencv_on_arm64():
+    f = np.load(ARM_FIXTURE)  # cv2.getAffineTransform on emulated arm64, recorded by tools/aarch64_check.py --record
+    assert np.array_equal(classic_matrix(f["center"], f["scale"], fused=True), f["cv2_matrix"])
+    as_x86 = classic_matrix(f["center"], f["scale"], fused=False)
+    assert (as_x86 != f["cv2_matrix"]).any(axis=(1, 2)).sum() > len(as_x86) // 2  # the two roundings differ
 
 
 def test_classic_matrix_is_bit_identical_to_cv2_get_affine_transform():

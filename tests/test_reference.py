@@ -12,6 +12,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -312,11 +314,9 @@ def test_fixtures_present():
     assert sum(f.stat().st_size for f in files) < 5_000_000
 
 
-@pytest.mark.parametrize("path", _fixture_files(), ids=lambda p: p.stem)
-def test_engine_matches_recorded_reference(path, tmp_path):
-    """Without torch: rebuild the seeded weights, write them with safetensors' NumPy API (an HF folder, or
-    official names in one file for the MoE expert/head choice), convert, run, and compare with the HF
-    outputs recorded by tools/record_reference.py."""
+def _converted_fixture(path, tmp_path):
+    """Rebuild a fixture's seeded weights, write them with safetensors' NumPy API (an HF folder, or official
+    names in one file for the MoE expert/head choice) and convert without torch: (record, info, pixels)."""
     with np.load(path, allow_pickle=False) as f:
         rec = {k: f[k] for k in f.files}
     info = json.loads(str(rec.pop("__info__")))
@@ -336,6 +336,14 @@ def test_engine_matches_recorded_reference(path, tmp_path):
     assert meta["ln_eps"] == pytest.approx(info["ln_eps"], rel=1e-9)
     want_expert = R.DATASET_EXPERT[info["dataset"]] if v.moe else None
     assert (meta["moe"] or {}).get("expert") == want_expert
+    return rec, info, x
+
+
+@pytest.mark.parametrize("path", _fixture_files(), ids=lambda p: p.stem)
+def test_engine_matches_recorded_reference(path, tmp_path):
+    """Without torch: a recorded fixture's model, converted, run, compared with the HF outputs recorded by
+    tools/record_reference.py."""
+    rec, info, x = _converted_fixture(path, tmp_path)
     model = npvitpose.load(tmp_path / "m.npz")
     taps = {}
     heat = model.forward(x, taps=taps)
@@ -347,3 +355,40 @@ def test_engine_matches_recorded_reference(path, tmp_path):
                                   rec["heatmaps"].reshape(*heat.shape[:2], -1).argmax(-1))
     _REPORT[f"fixture:{path.stem}"] = {"eps": info["ln_eps"], "errors": errors,
                                        "margin": R.argmax_margin(rec["heatmaps"])}
+
+
+# Numba targets without AVX-512: the generic CPU (no vector kernels compiled at all: BLAS does the linear
+# layers) and an AVX2 + FMA core (the 6 x 16 micro-kernel), each in a fresh process with its own JIT cache
+_FALLBACKS = {
+    "generic": {"NUMBA_CPU_NAME": "generic"},
+    "avx2": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES":
+             "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe,+popcnt,+sse4.2,+cx16,-avx512f"},
+}
+_FALLBACK_RUN = """
+import json, sys
+import numpy as np
+import npvitpose
+from npvitpose.kernels import gemm
+model = npvitpose.load(sys.argv[1])
+np.save(sys.argv[3], model.forward(np.load(sys.argv[2])))
+print(json.dumps([gemm.ISA, gemm.OWN]))
+"""
+
+
+@pytest.mark.parametrize("target", sorted(_FALLBACKS))
+def test_fallback_kernels_match_recorded_reference(target, tmp_path):
+    from npvitpose.kernels import cpu
+
+    if target == "avx2" and not {"avx2", "fma"} <= cpu.features():
+        pytest.skip("this CPU cannot run AVX2 + FMA code")
+    rec, _, x = _converted_fixture(FIXTURES / "tiny-s-classic.npz", tmp_path)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, **_FALLBACKS[target], "NUMBA_CACHE_DIR": str(tmp_path / "jit"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _FALLBACK_RUN, str(tmp_path / "m.npz"), str(tmp_path / "x.npy"),
+                          str(tmp_path / "heat.npy")], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [target, target != "generic"]
+    heat = np.load(tmp_path / "heat.npy")
+    err = float(np.abs(heat - rec["heatmaps"]).max() / np.abs(rec["heatmaps"]).max())
+    assert err <= HEATMAP_BAR, err

@@ -337,7 +337,8 @@ def test_no_opencv_log_lines_around_the_error(work, model_path):
 
     (work / "fake.mp4").write_text("not a video")
     proc = subprocess.run([sys.executable, "-m", "npvitpose.cli", "infer", str(work / "fake.mp4"),
-                           str(work / "boxes.json"), "--model", model_path], capture_output=True, text=True,
+                           str(work / "boxes.json"), "--model", model_path, "-q"],  # -q: no first-run compile note
+                          capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == "npvitpose: error: cannot read video 'fake.mp4': OpenCV cannot open it\n".replace(

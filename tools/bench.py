@@ -23,7 +23,8 @@ from pathlib import Path
 import npvitpose  # noqa: F401  (first, as the README advises: it sets the thread-pool wait policies)
 import numpy as np
 
-ENGINES = ("npvitpose", "torch", "onnxruntime")
+ENGINES = ("npvitpose", "npvitpose-bf16", "npvitpose-int8", "torch", "onnxruntime")
+DEFAULT_ENGINES = ("npvitpose", "torch", "onnxruntime")
 
 
 # ---------------------------------------------------------------- the worker side (one engine each)
@@ -72,12 +73,13 @@ def prepare(variant, head, folder):
 def load_engine(engine, folder, threads):
     """A function pixels (B, 3, 256, 192) float32 -> heatmaps, for one engine, on `threads` threads."""
     folder = Path(folder)
-    if engine == "npvitpose":
+    if engine.startswith("npvitpose"):
         import npvitpose
         from npvitpose.threads import set_threads
 
         set_threads(threads)
-        model = npvitpose.load(folder / "model.npz")
+        precision = engine.partition("-")[2]
+        model = npvitpose.load(folder / "model.npz", **({"precision": precision} if precision else {}))
         return model.forward
     if engine == "torch":
         import torch
@@ -113,6 +115,10 @@ def worker(args):
 
             total, rows = profile(model, int(cmd[1]))
             out = {"seconds": total, "rows": rows}
+        elif cmd[0] == "info":
+            from npvitpose.bench import blas_info, fp32_ceiling, kernel_info
+
+            out = {"blas": blas_info(), "kernel": kernel_info(), "ceiling_flops": fp32_ceiling()}
         elif cmd[0] == "roofline":
             from npvitpose.bench import gemm_roofline
 
@@ -184,17 +190,25 @@ def bench_variant(variant, head, batches, repeats, threads, workdir, engines):
     if not (folder / "model.onnx").exists():
         subprocess.run([sys.executable, __file__, "--prepare", "--folder", str(folder), "--variant", variant,
                         "--head", head], check=True)
-    result = {"variant": variant, "head": head, "threads": threads, "rss_mb": {}, "per_crop_ms": {}}
+    from npvitpose.bench import build, forward_flops
+
+    result = {"variant": variant, "head": head, "threads": threads, "rss_mb": {}, "per_crop_ms": {},
+              "gflop_per_crop": forward_flops(build(variant, head).config) / 1e9}
     for engine in engines:
         result["rss_mb"][engine] = peak_rss(engine, folder, variant, head, threads)
     workers = {e: Worker(e, folder, variant, head, threads) for e in engines}
+    ceilings = []
     samples = {(e, b): [] for e in engines for b in batches}
     roof = {b: [] for b in batches}
     for _ in range(repeats):
+        info = workers["npvitpose"].ask("info")  # the FMA probe runs between rounds, as loaded as the forwards
+        ceilings.append(info.pop("ceiling_flops"))
+        result.update(info)
         for b in batches:
             for e in engines:
                 samples[e, b].append(1e3 * workers[e].ask(f"forward {b}")["seconds"] / b)
             roof[b].append(1e3 * workers["npvitpose"].ask(f"roofline {b}")["seconds"] / b)
+    result["fp32_ceiling_gflops"] = max(ceilings) / 1e9
     if "npvitpose" in workers:
         result["profile"] = {str(b): workers["npvitpose"].ask(f"profile {b}") for b in (batches[0], batches[-1])}
     for w in workers.values():
@@ -216,22 +230,36 @@ def scaling(variant, head, batch, workdir, repeats):
     return out
 
 
+_LABELS = {"npvitpose": "npvitpose fp32", "npvitpose-bf16": "npvitpose bf16", "npvitpose-int8": "npvitpose int8",
+           "onnxruntime": "ONNX Runtime", "torch": "PyTorch"}
+
+
 def markdown(results, start, scale):
-    lines = ["| model | batch | npvitpose ms/crop | crops/s | PyTorch ms/crop | ONNX Runtime ms/crop | "
-             "vs ORT | vs PyTorch | GEMM roofline ms/crop | of roofline |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    engines = [e for e in _LABELS if any(e in row for r in results for row in r["per_crop_ms"].values())]
+    ours = [e for e in engines if e.startswith("npvitpose")]
+    head = [f"{_LABELS[e]} ms/crop" for e in engines] + [f"{_LABELS[e]} vs ORT" for e in ours if "onnxruntime" in engines]
+    head += ["fp32 of ceiling", "ORT of ceiling", "BLAS-only GEMM roofline ms/crop"]
+    lines = []
     for r in results:
+        lines.append(f"- {r['variant']} {r['head']}: {r['gflop_per_crop']:.1f} GFLOP/crop; measured fp32 ceiling "
+                     f"{r['fp32_ceiling_gflops']:.0f} GFLOP/s on {r['threads']} threads; linear layers: {r['kernel']}; "
+                     f"BLAS: {r['blas']}")
+    lines += ["", "| model | batch | " + " | ".join(head) + " |", "|---" * (2 + len(head)) + "|"]
+    nan = (float("nan"),) * 3
+    for r in results:
+        peak = r["fp32_ceiling_gflops"]
         for b, row in r["per_crop_ms"].items():
-            ours, t, o, roof = (row.get(k, (float("nan"),) * 3) for k in ("npvitpose", "torch", "onnxruntime",
-                                                                            "gemm_roofline"))
-            lines.append(f"| {r['variant']} {r['head']} | {b} | {ours[0]:.1f} ({ours[1]:.1f}-{ours[2]:.1f}) | "
-                         f"{1e3 / ours[0]:.2f} | {t[0]:.1f} ({t[1]:.1f}-{t[2]:.1f}) | {o[0]:.1f} ({o[1]:.1f}-{o[2]:.1f}) | "
-                         f"{ours[0] / o[0]:.2f}x | {ours[0] / t[0]:.2f}x | {roof[0]:.1f} | {roof[0] / ours[0]:.0%} |")
-    lines += ["", "| model | peak RSS, batch 1 (MB): npvitpose | PyTorch | ONNX Runtime |", "|---|---|---|---|"]
+            cells = [f"{row[e][0]:.1f} ({row[e][1]:.1f}-{row[e][2]:.1f})" if e in row else "-" for e in engines]
+            ort = row.get("onnxruntime", nan)[0]
+            cells += [f"{row[e][0] / ort:.2f}x" if e in row else "-" for e in ours if "onnxruntime" in engines]
+            share = [r["gflop_per_crop"] / (row.get(e, nan)[0] * 1e-3) / peak for e in ("npvitpose", "onnxruntime")]
+            cells += [f"{x:.0%}" for x in share] + [f"{row.get('gemm_roofline', nan)[0]:.1f}"]
+            lines.append(f"| {r['variant']} {r['head']} | {b} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | " + " | ".join(f"peak RSS, batch 1, {_LABELS[e]} (MB)" for e in engines) + " |",
+              "|---" * (1 + len(engines)) + "|"]
     for r in results:
-        rss = r["rss_mb"]
-        lines.append(f"| {r['variant']} {r['head']} | {rss.get('npvitpose', 0):.0f} | {rss.get('torch', 0):.0f} | "
-                     f"{rss.get('onnxruntime', 0):.0f} |")
+        lines.append(f"| {r['variant']} {r['head']} | " + " | ".join(
+            f"{r['rss_mb'][e]:.0f}" if e in r["rss_mb"] else "-" for e in engines) + " |")
     for r in results:
         for b, prof in r.get("profile", {}).items():
             total = prof["seconds"]
@@ -259,8 +287,7 @@ def plot(results, path):
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
     for ax, r in zip(axes[0], results):
         batches = [int(b) for b in r["per_crop_ms"]]
-        for key, label in (("npvitpose", "npvitpose"), ("torch", "PyTorch eager"), ("onnxruntime", "ONNX Runtime"),
-                           ("gemm_roofline", "GEMM roofline")):
+        for key, label in list(_LABELS.items()) + [("gemm_roofline", "BLAS-only GEMM roofline")]:
             if key in r["per_crop_ms"][str(batches[0])]:
                 ys = [r["per_crop_ms"][str(b)][key][0] for b in batches]
                 ax.plot(batches, ys, "o-" if key != "gemm_roofline" else "k--", label=label)
@@ -282,10 +309,12 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    p.add_argument("--engines", nargs="+", default=list(DEFAULT_ENGINES), choices=ENGINES,
+                   help="npvitpose-bf16 / npvitpose-int8: the opt-in precisions, where this npvitpose has them")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "npvitpose-bench"))
     p.add_argument("--out", default="docs/bench", help="prefix of the .json, .md and .png written")
     p.add_argument("--no-startup", action="store_true", help="skip the `npvitpose infer` start-up timing")
+    p.add_argument("--no-scaling", action="store_true", help="skip the 1- vs 2-thread run")
     p.add_argument("--worker", choices=ENGINES, dest="engine", help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -296,6 +325,10 @@ def main(argv=None):
         return worker(args)
     if args.prepare:
         return prepare(args.variant, args.head, args.folder)
+    import inspect
+
+    if any("-" in e for e in args.engines) and "precision" not in inspect.signature(npvitpose.load).parameters:
+        p.error("this npvitpose has no precision= yet: drop npvitpose-bf16 / npvitpose-int8 from --engines")
     results = []
     for spec in args.variants:
         variant, head = spec.split(":")
@@ -303,8 +336,9 @@ def main(argv=None):
         results.append(bench_variant(variant, head, args.batches, args.repeats, args.threads, args.workdir,
                                      args.engines))
     first = results[0]
-    scale = dict(scaling(first["variant"], first["head"], args.batches[-1], args.workdir, 3),
-                 model=f"{first['variant']} {first['head']}", batch=args.batches[-1])
+    scale = None if args.no_scaling else dict(
+        scaling(first["variant"], first["head"], args.batches[-1], args.workdir, 3),
+        model=f"{first['variant']} {first['head']}", batch=args.batches[-1])
     start = None
     if not args.no_startup:
         from skimage import data
