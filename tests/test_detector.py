@@ -280,3 +280,16 @@ def test_detector_pickles_without_its_net(files):
     clone = pickle.loads(pickle.dumps(detector))  # a Dask worker gets it this way
     rgb = D.photos()["coffee"]
     np.testing.assert_array_equal(clone(rgb)[0], detector(rgb)[0])
+
+
+def test_channel_order_follows_the_published_file(files, monkeypatch):
+    body = open(files["yolox"], "rb").read()
+    source = det_mod.Source("hf:x/y.onnx", "y.onnx", hashlib.sha256(body).hexdigest(), 192, "t", rgb=True)
+    monkeypatch.setitem(det_mod.DETECTORS, "rgb-published", source)
+    detector = Detector(files["yolox"], score_thr=0.5, nms_thr=0.45)  # a path, recognised by its sha256
+    assert detector.rgb and not Detector(files["yolox"], rgb=False).rgb
+    rgb = D.photos()["chelsea"]
+    session = ort.InferenceSession(files["yolox"])
+    ref, _, _ = D.reference_boxes(session, rgb, SIZE, 0.5, 0.45)  # the network fed RGB
+    assert len(ref) >= 3 and _match(detector(rgb)[0], ref, 0.1) <= 0.1
+    assert det_mod.DETECTORS["yolox-s"].rgb  # OpenCV Zoo's file, fed as OpenCV Zoo feeds it
