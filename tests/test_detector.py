@@ -293,3 +293,12 @@ def test_channel_order_follows_the_published_file(files, monkeypatch):
     ref, _, _ = D.reference_boxes(session, rgb, SIZE, 0.5, 0.45)  # the network fed RGB
     assert len(ref) >= 3 and _match(detector(rgb)[0], ref, 0.1) <= 0.1
     assert det_mod.DETECTORS["yolox-s"].rgb  # OpenCV Zoo's file, fed as OpenCV Zoo feeds it
+
+
+def test_bad_detector_flags(tmp_path, capsys, files, model_path, photo):
+    with pytest.raises(SystemExit) as e:
+        cli_run(capsys, "infer", photo, "--model", model_path, "--detector", files["yolox"], "--det-thr", "2")
+    assert e.value.code == 2 and "from 0 to 1" in capsys.readouterr().err
+    code, _, err = cli_run(capsys, "infer", photo, "--model", model_path, "--detector", files["yolox"],
+                           "--det-size", "100", "-o", tmp_path / "o.json")
+    assert code == 1 and "multiples of 32" in err and err.count("\n") == 1 and not (tmp_path / "o.json").exists()
