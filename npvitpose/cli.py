@@ -394,6 +394,14 @@ def _nonneg_float(text):
     return value
 
 
+def _fraction(text):
+    """An argparse type: a number from 0 to 1 (scores, IoU thresholds)."""
+    value = _nonneg_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to 1")
+    return value
+
+
 def _positive_float(text):
     value = _nonneg_float(text)
     if value == 0:
@@ -529,15 +537,15 @@ def build_parser():
     g.add_argument("--detector", metavar="NAME|FILE.onnx",
                    help="a YOLOX (or ultralytics-layout) ONNX file run by cv2.dnn, or a published name: "
                         "yolox-s (default, Apache-2.0, downloaded on first use), yolox-tiny, yolox-nano")
-    g.add_argument("--det-thr", type=_nonneg_float, default=0.3, metavar="T", help="detector score threshold")
-    g.add_argument("--det-nms-thr", type=_nonneg_float, default=0.3, metavar="T", help="detector NMS IoU threshold")
+    g.add_argument("--det-thr", type=_fraction, default=0.3, metavar="T", help="detector score threshold")
+    g.add_argument("--det-nms-thr", type=_fraction, default=0.3, metavar="T", help="detector NMS IoU threshold")
     g.add_argument("--det-size", metavar="N|WxH", help="detector input size (default: the file's own)")
     g.add_argument("--whole-image", action="store_true", help="no detector: the whole picture is one person box")
     g = p.add_argument_group("video")
     g.add_argument("--det-every", type=_positive_int, default=1, metavar="N",
                    help="find boxes every N frames; in between, each person's box follows their keypoints")
     g.add_argument("--track", choices=("iou", "oks"), default="iou", help="match people across frames by")
-    g.add_argument("--track-thr", type=_nonneg_float, default=0.3, metavar="T", help="least IoU/OKS to keep an id")
+    g.add_argument("--track-thr", type=_fraction, default=0.3, metavar="T", help="least IoU/OKS to keep an id")
     g.add_argument("--smooth", action="store_true", help="One-Euro smoothing of each track's keypoints")
     g = p.add_argument_group("drawing")
     g.add_argument("--draw-bbox", action="store_true", help="outline each person's box")

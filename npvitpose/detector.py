@@ -1,10 +1,11 @@
 """Person detection on OpenCV's DNN module: YOLOX (and ultralytics-layout) ONNX files, no other runtime.
 
-Pre-processing is YOLOX's own (`yolox/data/data_augment.py::preproc`): the image, BGR 0-255, resized
-by one ratio to fit the network input and pasted at the top-left of a canvas filled with 114.
+Pre-processing is YOLOX's own (`yolox/data/data_augment.py::preproc`): the image, BGR 0-255 (RGB for a
+file published that way), resized by one ratio to fit the network input and pasted at the top-left of a canvas filled with 114.
 A YOLOX file's raw output (1, N, 5 + C) is decoded on the 8/16/32-stride grids (`demo_postprocess`):
 centre = (offset + cell) * stride, size = exp(log-size) * stride, score = objectness * class score.
-An ultralytics-layout file gives (1, 4 + C, N): centre and size in input pixels, class scores.
+An ultralytics-layout file gives (1, 4 + C, N): centre and size in input pixels, class scores; it is fed
+as ultralytics does (`LetterBox`: centred, RGB 0-1) and its boxes clipped to the picture (`scale_boxes`).
 As in YOLOX's `postprocess` and mmdet, a box belongs to its best class; persons (class 0) whose
 score reaches the threshold go through `cv2.dnn.NMSBoxes`, and boxes are mapped back by 1 / ratio.
 """
@@ -31,15 +32,18 @@ class Source:
     sha256: str | None  # published checksum (None: not published; the hub's header is used when sent)
     size: int  # the export's fixed input side
     licence: str
+    rgb: bool = False  # the channel order the file was published with: YOLOX's own is BGR
 
 
 # The default is Apache-2.0 (never ultralytics' AGPL weights). OpenCV Zoo's YOLOX-S is the file OpenCV
 # tests its DNN module with; its sha256 is the git-lfs object id published in the opencv_zoo repository.
+# OpenCV Zoo feeds it RGB (demo.py cvtColor BGR2RGB, demo.cpp swapRB=true), the order its COCO figures
+# (40.5 AP, 54.1 person AP) were measured in; Megvii's own files take YOLOX's BGR.
 DETECTORS = {
     "yolox-s": Source("hf:opencv/object_detection_yolox/object_detection_yolox_2022nov.onnx",
                       "object_detection_yolox_2022nov.onnx",
                       "c5c2d13e59ae883e6af3b45daea64af4833a4951c92d116ec270d9ddbe998063", 640,
-                      "Apache-2.0 (YOLOX-S by Megvii, exported by OpenCV Zoo)"),
+                      "Apache-2.0 (YOLOX-S by Megvii, exported by OpenCV Zoo)", rgb=True),
     "yolox-tiny": Source("https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_tiny.onnx",
                          "yolox_tiny.onnx", None, 416, "Apache-2.0 (Megvii YOLOX release 0.1.1rc0)"),
     "yolox-nano": Source("https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx",
@@ -221,6 +225,23 @@ def letterbox(image_bgr, height, width):
     return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32), r
 
 
+def letterbox_centered(image_rgb, height, width):
+    """ultralytics' LetterBox: resize by r to (round(w r), round(h r)), pad 114 evenly around the picture
+    (the odd pixel below and right), RGB scaled to 0-1. Returns (blob (1, 3, H, W), r, (left, top))."""
+    import cv2
+
+    h, w = image_rgb.shape[:2]
+    r = min(height / h, width / w)
+    nw, nh = max(int(round(w * r)), 1), max(int(round(h * r)), 1)
+    dw, dh = (width - nw) / 2, (height - nh) / 2
+    left, top = int(round(dw - 0.1)), int(round(dh - 0.1))
+    canvas = np.full((height, width, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[top:top + nh, left:left + nw] = cv2.resize(image_rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    blob = canvas.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
+    # boxes come back through scale_boxes' own offsets, from the unrounded size (a pixel off the border at times)
+    return np.ascontiguousarray(blob), r, (round((width - w * r) / 2 - 0.1), round((height - h * r) / 2 - 0.1))
+
+
 def grids(height, width):
     """Cell (x, y) and stride of every anchor, in YOLOX's output order: stride 8 rows first, row-major."""
     cells, strides = [], []
@@ -260,14 +281,15 @@ def decode(output, height, width):
     return boxes, label, cls[np.arange(len(cls)), label]
 
 
-def person_boxes(boxes_cxcywh, label, score, ratio, score_thr, nms_thr):
-    """Persons scoring at least `score_thr`, NMS-ed by cv2.dnn.NMSBoxes -> (xywh (M, 4), scores (M,)) in image px."""
+def person_boxes(boxes_cxcywh, label, score, ratio, score_thr, nms_thr, pad=(0, 0)):
+    """Persons scoring at least `score_thr`, NMS-ed by cv2.dnn.NMSBoxes -> (xywh (M, 4), scores (M,)) in image px
+    (input pixels less the letterbox's `pad` (left, top), over its ratio)."""
     import cv2
 
     sane = np.isfinite(boxes_cxcywh).all(axis=1) & (boxes_cxcywh[:, 2] > 0) & (boxes_cxcywh[:, 3] > 0)
     keep = (label == PERSON) & (score >= score_thr) & sane
     b, s = boxes_cxcywh[keep], score[keep]
-    xywh = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, 2:]], axis=1) / ratio
+    xywh = np.concatenate([b[:, :2] - b[:, 2:] / 2 - np.asarray(pad, dtype=np.float64), b[:, 2:]], axis=1) / ratio
     if not len(xywh):
         return np.zeros((0, 4)), np.zeros((0,))
     # the threshold was applied above (>=, as YOLOX's postprocess); NMSBoxes also drops scores of exactly 0
@@ -285,13 +307,19 @@ class Detector:
 
     model: a published name (`DETECTORS`, default yolox-s, downloaded on first use) or an .onnx path.
     size: the network input (height, width) or 'N' / 'WxH'; default the export's own input size.
+    rgb: feed the network RGB instead of YOLOX's BGR; default: as the file was published (a published
+    name, or a file whose sha256 is one of theirs), else BGR.
     """
 
     def __init__(self, model=DEFAULT_DETECTOR, size=None, score_thr=DEFAULT_SCORE_THR, nms_thr=DEFAULT_NMS_THR,
-                 cache=None, note=_stderr_note):
+                 cache=None, note=_stderr_note, rgb=None):
         import cv2
 
         self.path = resolve_detector(model, cache, note)
+        key = str(model).strip().lower()
+        if rgb is None:
+            rgb = DETECTORS[key].rgb if key in DETECTORS and not os.path.exists(model) else _published_rgb(self.path)
+        self.rgb = bool(rgb)
         for name, value in (("score_thr", score_thr), ("nms_thr", nms_thr)):
             if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
                 raise NpvitposeError(f"detector {name} must be a number from 0 to 1, got {value!r}")
@@ -318,6 +346,11 @@ class Detector:
         self.height, self.width = int(size[0]), int(size[1])
         self._net = self._read_net()  # now, so a file cv2.dnn cannot read fails here
         self._dynamic = any(not isinstance(v, int) or v <= 0 for _, d in inputs + outputs for v in d)
+        dims = outputs[0][1]
+        if len(dims) != 3 or not all(isinstance(v, int) and v > 0 for v in dims):  # dynamic: ask the network
+            dims = self.forward(np.full((1, 3, self.height, self.width), PAD_VALUE, np.float32)).shape
+        # (1, 4 + C, N) is ultralytics' layout, fed as ultralytics feeds it; (1, N, 5 + C) is YOLOX's
+        self.layout = "ultralytics" if len(dims) == 3 and dims[1] < dims[2] else "yolox"
 
     @property
     def net(self):
@@ -343,7 +376,11 @@ class Detector:
         from .images import as_rgb, read_image
 
         rgb = read_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb(image, color)
-        blob, ratio = letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), self.height, self.width)
+        if self.layout == "ultralytics":
+            blob, ratio, pad = letterbox_centered(rgb, self.height, self.width)
+        else:
+            blob, ratio = letterbox(rgb if self.rgb else np.ascontiguousarray(rgb[:, :, ::-1]), self.height, self.width)
+            pad = (0, 0)
         try:
             decoded = decode(self.forward(blob), self.height, self.width)
         except NpvitposeError as e:
@@ -351,7 +388,15 @@ class Detector:
                 raise
             raise NpvitposeError(f"{e}; the file was exported for {self.exported[1]}x{self.exported[0]}, "
                                  f"leave --det-size out") from None
-        return person_boxes(*decoded, ratio, self.score_thr, self.nms_thr)
+        boxes, scores = person_boxes(*decoded, ratio, self.score_thr, self.nms_thr, pad)
+        if self.layout == "ultralytics":  # ultralytics' scale_boxes clips to the picture
+            h, w = rgb.shape[:2]
+            x1, y1 = np.clip(boxes[:, 0], 0, w), np.clip(boxes[:, 1], 0, h)
+            x2, y2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, w), np.clip(boxes[:, 1] + boxes[:, 3], 0, h)
+            boxes = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+            keep = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+            boxes, scores = boxes[keep], scores[keep]
+        return boxes, scores
 
     def forward(self, blob):
         """The network's raw output for a (1, 3, H, W) float32 blob."""
@@ -369,7 +414,22 @@ class Detector:
                                  f"{_cv_message(e)}") from None
 
     def __repr__(self):
-        return f"Detector({self.path!r}, size={self.width}x{self.height}, score_thr={self.score_thr}, nms_thr={self.nms_thr})"
+        return (f"Detector({self.path!r}, size={self.width}x{self.height}, score_thr={self.score_thr}, "
+                f"nms_thr={self.nms_thr}, rgb={self.rgb})")
+
+
+def _published_rgb(path):
+    """The channel order of a published detector file, recognised by its sha256; BGR for any other file."""
+    import hashlib
+
+    wanted = {src.sha256: src.rgb for src in DETECTORS.values() if src.sha256}
+    if not any(src.rgb for src in DETECTORS.values()) or os.path.getsize(path) > 1 << 30:
+        return False
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return wanted.get(h.hexdigest(), False)
 
 
 def _cv_message(e):

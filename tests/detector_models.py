@@ -93,9 +93,27 @@ def yolox_preproc(image_bgr, height, width):
     return np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32)[None], r
 
 
-def set_batchnorm_from_photos(model, size):
-    """Running statistics of every batch norm = the statistics of real photos going through the network."""
-    blobs = [yolox_preproc(np.ascontiguousarray(p[:, :, ::-1]), *size)[0] for p in photos().values()]
+def ultralytics_preproc(image_bgr, height, width):
+    """ultralytics' LetterBox(auto=False, center=True) then BGR -> RGB and / 255: the picture resized to
+    (round(w r), round(h r)), bordered with 114 by round(d - 0.1) above/left and round(d + 0.1) below/right."""
+    h, w = image_bgr.shape[:2]
+    r = min(height / h, width / w)
+    new_unpad = int(round(w * r)), int(round(h * r))
+    dw, dh = (width - new_unpad[0]) / 2, (height - new_unpad[1]) / 2
+    img = cv2.resize(image_bgr, new_unpad, interpolation=cv2.INTER_LINEAR) if (w, h) != new_unpad else image_bgr
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    blob = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255.0
+    # scale_boxes' padding: round((W - w r) / 2 - 0.1), the same as `left`, `top` above for these sizes
+    return blob, r, (round((width - w * r) / 2 - 0.1), round((height - h * r) / 2 - 0.1))
+
+
+def set_batchnorm_from_photos(model, size, layout="yolox"):
+    """Running statistics of every batch norm = the statistics of real photos going through the network
+    (fed as the layout's own pre-processing feeds them)."""
+    preproc = ultralytics_preproc if layout == "ultralytics" else yolox_preproc
+    blobs = [preproc(np.ascontiguousarray(p[:, :, ::-1]), *size)[0] for p in photos().values()]
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
@@ -109,7 +127,7 @@ def set_batchnorm_from_photos(model, size):
 def export(path, layout="yolox", size=(192, 256), dynamic=False, seed=0):
     """Write a random-weight detector with photo-set batch norms to `path` as ONNX (opset 11, fixed shape)."""
     torch.manual_seed(seed)
-    model = set_batchnorm_from_photos(TinyYOLOX(layout, size=size), size)
+    model = set_batchnorm_from_photos(TinyYOLOX(layout, size=size), size, layout)
     axes = {"images": {2: "height", 3: "width"}, "output": {2 if layout == "ultralytics" else 1: "anchors"}}
     with warnings.catch_warnings():  # the TorchScript exporter warns it is the legacy one; it needs no onnxscript
         warnings.simplefilter("ignore")
@@ -138,7 +156,10 @@ def reference_boxes(session, image_bgr, size, score_thr, nms_thr, layout="yolox"
 
     Returns xywh (N, 4), scores (N,), and the scores of every person candidate before NMS."""
     height, width = size
-    blob, r = yolox_preproc(image_bgr, height, width)
+    if layout == "ultralytics":
+        blob, r, pad = ultralytics_preproc(image_bgr, height, width)
+    else:
+        (blob, r), pad = yolox_preproc(image_bgr, height, width), (0, 0)
     out = session.run(None, {session.get_inputs()[0].name: blob})[0].astype(np.float64)
     if layout == "decoded":
         pred = out[0]
@@ -165,5 +186,9 @@ def reference_boxes(session, image_bgr, size, score_thr, nms_thr, layout="yolox"
     candidates = conf[best == 0]
     xyxy, conf = xyxy[person], conf[person]
     keep = _nms(xyxy, conf, nms_thr)
-    xyxy, conf = xyxy[keep] / r, conf[keep]
+    xyxy, conf = (xyxy[keep] - np.array(pad * 2)) / r, conf[keep]
+    if layout == "ultralytics":  # scale_boxes: clipped to the picture
+        xyxy = np.clip(xyxy, 0, np.array(image_bgr.shape[1::-1] * 2))
+        conf = conf[(xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])]
+        xyxy = xyxy[(xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])]
     return np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1), conf, candidates

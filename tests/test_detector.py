@@ -280,3 +280,25 @@ def test_detector_pickles_without_its_net(files):
     clone = pickle.loads(pickle.dumps(detector))  # a Dask worker gets it this way
     rgb = D.photos()["coffee"]
     np.testing.assert_array_equal(clone(rgb)[0], detector(rgb)[0])
+
+
+def test_channel_order_follows_the_published_file(files, monkeypatch):
+    body = open(files["yolox"], "rb").read()
+    source = det_mod.Source("hf:x/y.onnx", "y.onnx", hashlib.sha256(body).hexdigest(), 192, "t", rgb=True)
+    monkeypatch.setitem(det_mod.DETECTORS, "rgb-published", source)
+    detector = Detector(files["yolox"], score_thr=0.5, nms_thr=0.45)  # a path, recognised by its sha256
+    assert detector.rgb and not Detector(files["yolox"], rgb=False).rgb
+    rgb = D.photos()["chelsea"]
+    session = ort.InferenceSession(files["yolox"])
+    ref, _, _ = D.reference_boxes(session, rgb, SIZE, 0.5, 0.45)  # the network fed RGB
+    assert len(ref) >= 3 and _match(detector(rgb)[0], ref, 0.1) <= 0.1
+    assert det_mod.DETECTORS["yolox-s"].rgb  # OpenCV Zoo's file, fed as OpenCV Zoo feeds it
+
+
+def test_bad_detector_flags(tmp_path, capsys, files, model_path, photo):
+    with pytest.raises(SystemExit) as e:
+        cli_run(capsys, "infer", photo, "--model", model_path, "--detector", files["yolox"], "--det-thr", "2")
+    assert e.value.code == 2 and "from 0 to 1" in capsys.readouterr().err
+    code, _, err = cli_run(capsys, "infer", photo, "--model", model_path, "--detector", files["yolox"],
+                           "--det-size", "100", "-o", tmp_path / "o.json")
+    assert code == 1 and "multiples of 32" in err and err.count("\n") == 1 and not (tmp_path / "o.json").exists()
