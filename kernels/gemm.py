@@ -23,15 +23,16 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import cpu
-from ._jit import pjit
+from ._jit import jit, pjit
 from .layernorm import _check, _vec
 from .mlp import gelu as _gelu
 
 # (MR rows, NV vectors of W floats): MR * NV accumulators, NV weight vectors and one broadcast stay in
 # registers (32 zmm for AVX-512 and 32 q for NEON, 16 ymm for AVX2); tools/gemm_table.py measures them
 TILES = {"avx512": (8, 3, 16), "avx2": (6, 2, 8), "neon": (8, 3, 4)}
-KC = 256  # k steps per pass: one panel's KC x NR slice stays in L1 while MC rows of x stream past it
-MC = 192  # rows per task: one crop's tokens; MC x KC of x stays in L2
+KC = 128  # k steps per pass: one panel's KC x NR slice (24 KiB) stays in L1 while MC rows of x stream past it
+MC = 192  # rows per task: one crop's tokens
+KL = 768  # k steps per sweep over a task's panels: MC x KL of packed x (576 KiB) stays in L2
 
 # up to 4 crops (768 rows) the micro-kernel was as fast as OpenBLAS on one thread and faster on two; at
 # 16 crops OpenBLAS was 1.1-1.35x faster (tools/gemm_table.py, AVX-512 machine, docs/gemm.md); other ISAs
@@ -97,7 +98,9 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         mblocks = -(-m // MC)
         threads = numba.get_num_threads()
         groups = 1 if mblocks >= 4 * threads else min(packed.panels.shape[0], -(-2 * threads // mblocks))
-        _gemm(x, packed.panels, bias, residual, mode, groups, _aligned((mblocks * groups, MC * NR)), out)
+        xp = _aligned((-(-m // MR) * MR * packed.k,))  # x in MR-row tiles, k-major: the tile's loads run in order
+        _pack_rows(x, xp)
+        _gemm(xp, m, packed.panels, bias, residual, mode, groups, _aligned((mblocks * groups, -(-packed.panels.shape[0] // groups) * MC * NR)), out)
         return out
     if mode == _RESIDUAL:
         y = np.matmul(x, packed.w.T)  # the residual may be `out`: the product needs its own buffer
@@ -212,28 +215,52 @@ _tile = _micro_kernel(MR, NV, W) if OWN else None
 
 
 @pjit
-def _gemm(x, panels, bias, residual, mode, groups, accs, out):
+def _pack_rows(x, xp):
     m, k = x.shape
-    n = out.shape[1]
-    npanels = panels.shape[0]
+    for t in prange((m + MR - 1) // MR):  # tile t holds rows t*MR.. as [k][MR]; rows past m repeat the last
+        base = t * MR * k
+        for i in range(MR):
+            r = min(t * MR + i, m - 1)
+            for kk in range(k):
+                xp[base + kk * MR + i] = x[r, kk]
+
+
+@pjit
+def _gemm(xp, m, panels, bias, residual, mode, groups, accs, out):
+    npanels, k = panels.shape[0], panels.shape[1]
     mblocks = (m + MC - 1) // MC
     for task in prange(mblocks * groups):  # one crop's rows x a range of panels
         m0 = (task % mblocks) * MC
         rows = min(MC, m - m0)
         group = task // mblocks
-        acc = accs[task]  # MC x NR accumulators, 64-byte aligned
-        for p in range(group * npanels // groups, (group + 1) * npanels // groups):
-            acc[:] = 0.0
-            for k0 in range(0, k, KC):
-                kc = min(KC, k - k0)
-                for i0 in range(0, rows, MR):
-                    _tile(x, (m0 + i0) * k + k0, min(MR, rows - i0), k, 1, kc, panels, (p * k + k0) * NR, acc, i0 * NR, NR)
-            c0 = p * NR
-            for i in range(rows):
-                for j in range(min(NR, n - c0)):
-                    v = acc[i * NR + j] + bias[c0 + j]
-                    if mode == _GELU:
-                        v = _gelu(v)
-                    elif mode == _RESIDUAL:
-                        v = residual[m0 + i, c0 + j] + v
-                    out[m0 + i, c0 + j] = v
+        first, last = group * npanels // groups, (group + 1) * npanels // groups
+        acc = accs[task]  # (panels of the group) x MC x NR accumulators, 64-byte aligned
+        acc[:(last - first) * MC * NR] = 0.0
+        for kl in range(0, k, KL):
+            for p in range(first, last):
+                a0 = (p - first) * MC * NR
+                for k0 in range(kl, min(kl + KL, k), KC):
+                    kc = min(KC, k - k0)
+                    for i0 in range(0, rows, MR):
+                        _tile(xp, (m0 + i0) * k + k0 * MR, MR, 1, MR, kc, panels, (p * k + k0) * NR,
+                              acc, a0 + i0 * NR, NR)
+                if kl + KL >= k:  # the panel's last sweep: apply the epilogue while its tile is warm
+                    _flush(acc, a0, rows, p * NR, m0, bias, residual, mode, out)
+
+
+@jit
+def _flush(acc, a0, rows, c0, m0, bias, residual, mode, out):
+    w = min(NR, out.shape[1] - c0)
+    b = bias[c0:c0 + w]
+    for i in range(rows):  # contiguous row slices, one loop per mode: LLVM vectorises each
+        o, a = out[m0 + i, c0:c0 + w], acc[a0 + i * NR:a0 + i * NR + w]
+        if mode == _GELU:
+            for j in range(w):
+                o[j] = _gelu(a[j] + b[j])
+        elif mode == _RESIDUAL:
+            r = residual[m0 + i, c0:c0 + w]
+            for j in range(w):
+                o[j] = r[j] + (a[j] + b[j])  # the order of the unfused forward: x += (x @ w.T + b)
+        else:
+            for j in range(w):
+                o[j] = a[j] + b[j]
