@@ -7,10 +7,10 @@ The contract every precision module (gemm.py, gemm_bf16.py, gemm_int8.py) follow
         where residual may be `out` itself (in-place accumulation into the residual stream).
 
 Where the CPU has wide vectors (kernels/cpu.py), the weight is packed at load into panels of NR output
-columns, k-major ([N/NR, K, NR]), and a register-blocked MR x NR micro-kernel written in LLVM IR (explicit
-<W x float> vectors, llvm.fmuladd) accumulates MR rows of x against one panel, KC steps of k at a time, in
-one parallel region per call; bias, GELU or the residual are applied as each finished tile leaves the
-accumulators. Elsewhere (NUMBA_CPU_NAME=generic, unknown CPUs) NumPy's BLAS does the product.
+columns, k-major ([N/NR, K, NR]); each call copies x into MR-row tiles, k-major, so the micro-kernel's loads
+run in order; a register-blocked MR x NR micro-kernel written in LLVM IR (explicit <W x float> vectors,
+llvm.fmuladd) accumulates MR rows of x against one panel, KC steps of k at a time, in one parallel region;
+bias, GELU or the residual are applied as each finished tile leaves the accumulators. Elsewhere (NUMBA_CPU_NAME=generic, unknown CPUs) NumPy's BLAS does the product.
 """
 
 from typing import NamedTuple
@@ -31,13 +31,9 @@ from .mlp import gelu as _gelu
 # registers (32 zmm for AVX-512 and 32 q for NEON, 16 ymm for AVX2); tools/gemm_table.py measures them
 TILES = {"avx512": (8, 3, 16), "avx2": (6, 2, 8), "neon": (8, 3, 4)}
 KC = 128  # k steps per pass: one panel's KC x NR slice (24 KiB) stays in L1 while MC rows of x stream past it
-MC = 192  # rows per task: one crop's tokens
-KL = 768  # k steps per sweep over a task's panels: MC x KL of packed x (576 KiB) stays in L2
+MC = 96  # rows per task: half a crop; MC x KL of packed x and the accumulators stay in L2 (fc2 K=3072 needed it)
+KL = 768  # k steps per sweep over a task's panels: MC x KL of packed x (288 KiB) stays in L2
 
-# up to 4 crops (768 rows) the micro-kernel was as fast as OpenBLAS on one thread and faster on two; at
-# 16 crops OpenBLAS was 1.1-1.35x faster (tools/gemm_table.py, AVX-512 machine, docs/gemm.md); other ISAs
-# are unmeasured and follow the same rule
-OWN_MAX_ROWS = {"avx512": 768, "avx2": 768, "neon": 768}
 ISA = cpu.ISA
 MR, NV, W = TILES.get(ISA, (1, 1, 1))
 NR = NV * W
@@ -47,12 +43,13 @@ OWN = ISA in TILES  # the micro-kernel is only ever compiled when the CPU has th
 class Packed(NamedTuple):
     n: int  # output features
     k: int  # input features
-    w: np.ndarray  # (N, K) float32, the checkpoint's array itself (BLAS reads it transposed, no copy)
+    w: np.ndarray  # (N, K) float32 for BLAS (it reads it transposed, no copy), where there is no micro-kernel
     panels: np.ndarray = None  # (ceil(N/NR), K, NR) float32 for the micro-kernel, where the CPU has one
 
 
 def pack_weight(w):
-    """Prepare an (N, K) float32 weight for `linear`: panels for the micro-kernel, or as is for BLAS."""
+    """Prepare an (N, K) float32 weight for `linear`: panels for the micro-kernel (the only copy kept: at
+    16 crops the micro-kernel is within the noise of OpenBLAS, docs/gemm.md), or as is for BLAS."""
     w = np.asarray(w)
     if w.dtype != np.float32 or w.ndim != 2:
         raise ValueError(f"weight must be a 2-D float32 array, got {w.dtype} {w.shape}")
@@ -66,7 +63,7 @@ def pack_weight(w):
         part = w[p * NR:(p + 1) * NR]
         out[p, :, :part.shape[0]] = part.T
         out[p, :, part.shape[0]:] = 0.0  # the last panel's missing columns: computed, never written out
-    return Packed(n, k, w, out)
+    return Packed(n, k, None, out)
 
 
 def _aligned(shape):
@@ -94,7 +91,7 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     residual = out if residual is None else residual
     if m == 0 or n == 0:
         return out
-    if packed.panels is not None and m <= OWN_MAX_ROWS[ISA]:
+    if packed.panels is not None:
         mblocks = -(-m // MC)
         threads = numba.get_num_threads()
         groups = 1 if mblocks >= 4 * threads else min(packed.panels.shape[0], -(-2 * threads // mblocks))

@@ -125,7 +125,7 @@ def blas_info():
 def kernel_info():
     """Which fp32 matrix-product kernel the linear layers use on this CPU."""
     if gemm.OWN:
-        return f"npvitpose {gemm.ISA} {gemm.MR}x{gemm.NR} micro-kernel (BLAS from {gemm.OWN_MAX_ROWS[gemm.ISA] + 1} rows)"
+        return f"npvitpose {gemm.ISA} {gemm.MR}x{gemm.NR} micro-kernel"
     return f"BLAS (no vector micro-kernel for ISA {gemm.ISA})"
 
 
@@ -145,14 +145,15 @@ def time_forward(model, batch, repeats=3, warmup=1):
 def gemm_roofline(model, batch, repeats=3):
     """Seconds for one forward's matrix products alone: the model's own weights, in the forward's
     order and shapes, through NumPy's BLAS. No forward can be faster than this with that BLAS."""
-    cfg, w = model.config, model.weights
+    cfg = model.config
     m = 192 * batch
     rng = np.random.default_rng(0)
     products = [(model._patch_w, False)]
-    for i in range(cfg.depth):
+    for i in range(cfg.depth):  # the model keeps only packed linear weights: same shapes, random values
         p = f"backbone.blocks.{i}."
-        products += [(w[p + "attn.qkv.weight"], True), (w[p + "attn.proj.weight"], True),
-                     (w[p + "mlp.fc1.weight"], True), (w[p + "mlp.fc2.weight"], True)]
+        products += [(rng.standard_normal((packed.n, packed.k), dtype=np.float32), True) for packed in
+                     (model._linear[p + name] for name in ("attn.qkv.weight", "attn.proj.weight",
+                                                           "mlp.fc1.weight", "mlp.fc2.weight"))]
     rows = [m] * len(products)
     if cfg.head == "classic":
         products += [(wmat, False) for wmat, _ in model._deconv] + [(model._final_w, False)]

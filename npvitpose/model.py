@@ -101,24 +101,28 @@ def random_weights(cfg, seed=0):
 class Model:
     """A loaded ViTPose: `forward` maps normalised crops to heatmaps; calling it runs the whole pipeline."""
 
-    def __init__(self, weights, meta, precision="fp32"):
+    def __init__(self, weights, meta, precision="fp32", *, copy=True):
+        """copy=False hands `weights` over: its linear layers are removed as they are packed (load() uses it,
+        so peak memory is one fp32 copy of the weights, not two)."""
         self.precision = _check_precision(precision)
         self.meta = dict(meta)
         self.config = _config_from_meta(self.meta, weights)
         self.num_keypoints = self.config.num_keypoints
         _validate(weights, self.config)
-        self.weights = weights if precision == "fp32" else dict(weights)  # int8 rescales its layer norms
+        self.weights = dict(weights) if copy else weights  # int8 rescales its layer norms
         self._lock = threading.Lock()  # one forward at a time: each already uses every core
         self._gemm = PRECISIONS[self.precision]  # the module every linear layer goes through (pack_weight / linear)
         self._prepare()
-        if precision != "fp32":  # keep only the packed panels of the linear layers, and free the .npz block
-            self.weights = {k: np.array(v) for k, v in self.weights.items() if k not in self._linear}
+        self.weights = {k: np.array(v) for k, v in self.weights.items()}  # own copies: nothing else is kept alive
 
     def _prepare(self):
         """Lay out, once, what the forward needs in GEMM-ready form; the names stay the checkpoint's."""
         w, cfg = self.weights, self.config
-        self._linear = {key: self._pack(key) for key in w if key.startswith("backbone.blocks.")
-                        and key.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))}
+        self._linear = {}
+        for key in [k for k in w if k.startswith("backbone.blocks.")
+                    and k.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))]:
+            self._linear[key] = self._pack(key)
+            del w[key]  # the forward reads only the packed form; an array handed over is freed here
         pos = w["backbone.pos_embed"][0]
         self._pos = np.ascontiguousarray(pos[1:] + pos[0])  # spec 1.2: slot 0 is added to every token
         self._patch_w = np.ascontiguousarray(w["backbone.patch_embed.proj.weight"].reshape(cfg.dim, -1).T)
@@ -311,7 +315,7 @@ def load(path, mmap=False, precision="fp32"):
     if "__meta__" not in arrays:
         raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
     try:
-        return Model(arrays, metadata.parse(arrays.pop("__meta__")), precision)
+        return Model(arrays, metadata.parse(arrays.pop("__meta__")), precision, copy=False)
     except NpvitposeError as e:
         raise NpvitposeError(f"{path}: {e}") from None
 

@@ -1,12 +1,12 @@
-"""Read an `.npz` of plain arrays without pickle, into one block of memory (or memory-mapped).
+"""Read an `.npz` of plain arrays without pickle, into memory (or memory-mapped).
 
 The file is treated as hostile: every member's declared shape is checked against its size, and the
 sizes against the file, before anything is allocated; compressed members are inflated in bounded
 chunks into their final place, never trusting the declared size (a member that inflates to more, or
 to more than INFLATE_RATIO times the file, is refused while streaming).
-By default the members are read into a single large NumPy allocation: NumPy asks the kernel for huge
-pages on it, and the matrix products then run 2.5x faster at batch 1 than on a memory-mapped file of
-4 KiB pages (measured, ViT-B, 2 cores). `mmap=True` maps the stored members instead, so that
+By default each member is read into its own NumPy allocation (NumPy asks the kernel for huge pages on
+large ones; BLAS products ran 2.5x faster at batch 1 on them than on a memory-mapped file of 4 KiB pages,
+measured, ViT-B, 2 cores). `mmap=True` maps the stored members instead, so that
 processes loading the same model share its pages.
 """
 
@@ -195,20 +195,25 @@ def _read_arrays(zf, f, size, mmap):
             records[name] = (stream, *_header(stream, info))
     mapped = {n for n, (s, *_) in records.items() if mmap and s.z is None}
     whole = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ) if mapped else None
-    starts = np.cumsum([0] + [-(-_nbytes(r) // _ALIGN) * _ALIGN for n, r in records.items() if n not in mapped])
-    block = np.empty(int(starts[-1]), np.uint8)
-    arrays, starts = {}, iter(starts.tolist())
+    arrays = {}
     for name, (stream, dtype, shape, order) in records.items():
         if name in mapped:
             arrays[name] = np.frombuffer(whole, dtype, math.prod(shape), stream.pos).reshape(shape, order=order)
             continue
-        start = next(starts)
-        view = block[start:start + math.prod(shape) * dtype.itemsize]
+        view = _aligned_bytes(_nbytes(records[name]))
         with member_errors(stream.name):
             stream.readinto(view)
             stream.finish()
         arrays[name] = view.view(dtype).reshape(shape, order=order)
     return arrays
+
+
+def _aligned_bytes(size):
+    """One allocation per member, so that a loader that is done with an array frees it (model.Model packs
+    the linear layers one by one); large ones get huge pages from NumPy's allocator."""
+    raw = np.empty(size + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start:start + size]
 
 
 def _nbytes(record):

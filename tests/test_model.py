@@ -10,6 +10,7 @@ import pytest
 
 import npvitpose
 from npvitpose.model import Config, from_weights, random_weights, save_npz
+from npvitpose.npz import read_npz
 
 CFG = Config(dim=64, depth=2, heads=4, mlp_hidden=128, num_keypoints=17, head="classic")
 META = dict(dim=64, depth=2, heads=4, mlp_hidden=128, num_keypoints=17, head="classic", ln_eps=1e-6, dataset="coco")
@@ -33,8 +34,11 @@ def test_roundtrip_and_metadata(tmp_path, weights):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # an ordinary file, not mkstemp's 0600
     model = npvitpose.load(path)
     assert model.num_keypoints == 17 and model.meta["dataset"] == "coco" and model.meta["format_version"] == 1
+    stored = read_npz(path)
     for key, a in weights.items():
-        assert np.array_equal(model.weights[key], a)
+        assert np.array_equal(stored[key], a)
+        if key not in model._linear:  # the linear layers are kept only in their packed form
+            assert np.array_equal(model.weights[key], a)
 
 
 @pytest.mark.parametrize("head", ["classic", "simple"])

@@ -45,8 +45,10 @@ def test_weights_kept_only_packed(tmp_path):
     fp32 = npvitpose.load(path)
     linear = list(fp32._linear)  # the four linear layers of every block
     assert len(linear) == 4 * CFG.depth
-    fp32_bytes = sum(fp32.weights[k].nbytes for k in linear)
-    outputs = sum(fp32.weights[k].shape[0] for k in linear)
+    assert not set(linear) & set(fp32.weights)  # fp32 too keeps only the packed form
+    assert all(a.base is None for a in fp32.weights.values())
+    fp32_bytes = sum(4 * p.n * p.k for p in fp32._linear.values())
+    outputs = sum(p.n for p in fp32._linear.values())
     # int8 adds a float64 scale and an int32 column sum per output channel
     for precision, module, share, extra in (("bf16", gemm_bf16, 0.5, 0), ("int8", gemm_int8, 0.25, 12)):
         m = npvitpose.load(path, precision=precision)
