@@ -57,12 +57,12 @@ def pack_weight(w):
     w = np.ascontiguousarray(w)
     if not OWN:
         return Packed(n, k, w)
-    panels = -(-n // NR)
-    out = _aligned((panels, k, NR))
-    for p in range(panels):
-        part = w[p * NR:(p + 1) * NR]
-        out[p, :, :part.shape[0]] = part.T
-        out[p, :, part.shape[0]:] = 0.0  # the last panel's missing columns: computed, never written out
+    full, rest = divmod(n, NR)
+    out = _aligned((full + (rest > 0), k, NR))
+    out[:full] = w[:full * NR].reshape(full, NR, k).transpose(0, 2, 1)
+    if rest:
+        out[full, :, :rest] = w[full * NR:].T
+        out[full, :, rest:] = 0.0  # the last panel's missing columns: computed, never written out
     return Packed(n, k, None, out)
 
 
