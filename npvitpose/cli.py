@@ -171,8 +171,6 @@ def cmd_infer(args, parser):
     sink = run.JsonLines(args.output if stream else None) if stream or camera else None
     if args.dask is not None and any(run.is_camera(p) for p in inputs):
         raise NpvitposeError("a camera is read live, by one process: it does not apply with --dask")
-    if args.dask is not None and args.precision != "fp32":
-        raise NpvitposeError("--precision with --dask: the workers load fp32 only, for now")
     per_input = {}
 
     def done(path, records):
@@ -245,7 +243,7 @@ def _infer_dask(args, inputs, detections, targets, sink):
     with distributed.connect(args.dask, threads=args.threads, timeout=args.dask_timeout) as client:
         return distributed.run(client, inputs, detections, args.model, _options(args), targets,
                                lambda path, message: error(message), progress=True, timeout=args.dask_timeout,
-                               cache=args.cache, sink=sink)
+                               cache=args.cache, sink=sink, precision=args.precision)
 
 
 # ---------------------------------------------------------------------------------------------- others

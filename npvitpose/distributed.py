@@ -48,10 +48,11 @@ class ModelPlugin(WorkerPlugin):
 
     idempotent = True  # registered again by a later job on the same cluster: the loaded model is kept
 
-    def __init__(self, path, spec=None, mmap=True, meta=None):
-        self.path, self.spec, self.mmap = os.fspath(path), spec, mmap
+    def __init__(self, path, spec=None, mmap=True, meta=None, precision="fp32"):
+        self.path, self.spec, self.mmap, self.precision = os.fspath(path), spec, mmap, precision
         self.meta = meta  # the client's model metadata: every worker must load the same model
-        self.name = _PLUGIN + hashlib.sha1(json.dumps([self.path, spec, mmap, meta]).encode()).hexdigest()[:16]
+        key = [self.path, spec, mmap, meta, precision]
+        self.name = _PLUGIN + hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]
         self.model = self.lock = None
 
     async def setup(self, worker):
@@ -69,7 +70,7 @@ class ModelPlugin(WorkerPlugin):
         where = self.path if os.path.exists(self.path) or self.spec is None else self.spec  # a name: fetched here
         try:
             with _host_lock():  # one process per host downloads and compiles; the others then load its results
-                model = load(where, mmap=self.mmap)
+                model = load(where, mmap=self.mmap, precision=self.precision)
                 predict(model, np.zeros((64, 48, 3), np.uint8), [[8.0, 8.0, 32.0, 48.0]])  # kernels ready now
         except (NpvitposeError, OSError) as e:
             raise NpvitposeError(f"worker {address}: {e} (every machine needs the model at the same path)") from None
@@ -299,7 +300,7 @@ def split(costs, parts, most=TASK_PEOPLE):
 
 
 def infer(client, inputs, boxes, model="vitpose-b", options=Options(), vis=None, on_error=None, mmap=True,
-          timeout=60.0, task_people=TASK_PEOPLE):
+          timeout=60.0, task_people=TASK_PEOPLE, precision="fp32"):
     """COCO keypoint records of `inputs` (image files, folders, or one video) over a Dask cluster: the
     records a single-process `npvitpose.run.run` gives, in the same order.
 
@@ -308,19 +309,21 @@ def infer(client, inputs, boxes, model="vitpose-b", options=Options(), vis=None,
     vis: where to draw, as `--vis` (a folder every worker can write to). on_error(path, message) is told
     of each input that failed, in input order, and the input is skipped; without it the first failure
     raises NpvitposeError. timeout: seconds the cluster may be without any worker before the job gives up.
-    mmap=False reads the weights into each worker's own memory (faster small forwards, no sharing).
+    mmap=False reads the weights into each worker's own memory; with mmap=True workers on one machine share
+    the pages of what the forward reads as stored (the linear layers are packed into each worker's memory).
+    precision: "fp32", "bf16" or "int8", as `npvitpose.load`.
     task_people: about this many people per image task (fewer if that would leave workers idle).
     """
     def fail(path, message):
         raise NpvitposeError(message)
 
     records, _ = run(client, inputs, boxes, model, options, vis, on_error or fail, mmap=mmap, timeout=timeout,
-                     task_people=task_people)
+                     task_people=task_people, precision=precision)
     return records
 
 
 def run(client, inputs, boxes, model, options, vis, on_error, progress=False, mmap=True, timeout=60.0, cache=None,
-        task_people=TASK_PEOPLE, sink=None):
+        task_people=TASK_PEOPLE, sink=None, precision="fp32"):
     """`infer` for the command -> (records, number of inputs failed); progress: a bar on stderr, or an
     object whose update(n) is called as results come in; sink(header, records) as `run.run` calls it, in order."""
     from . import fetch
@@ -337,7 +340,7 @@ def run(client, inputs, boxes, model, options, vis, on_error, progress=False, mm
     here = load(path, mmap=True)  # the metadata every worker must match; Runner checks the options against it
     Runner(here, options)
     targets = vis_targets(vis, inputs) if vis is None or isinstance(vis, (str, os.PathLike)) else list(vis)
-    plugin = ModelPlugin(path, None if os.path.exists(spec) else spec, mmap, here.meta)
+    plugin = ModelPlugin(path, None if os.path.exists(spec) else spec, mmap, here.meta, precision)
     workers = _workers(client, timeout)
     try:
         client.register_plugin(plugin, name=plugin.name)

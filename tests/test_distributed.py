@@ -121,6 +121,18 @@ def test_folder_and_vis_same_bytes_as_single_process(tmp_path, capsys, model_pat
         assert (tmp_path / "vis2" / name).read_bytes() == (tmp_path / "vis1" / name).read_bytes()
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_on_workers_same_bytes_as_single_process(tmp_path, capsys, model_path, client, precision):
+    images, dets = folder(tmp_path, [2, 1, 3])
+    single = ["infer", images, dets, "--model", model_path, "--precision", precision]
+    assert cli(capsys, *single, "-o", tmp_path / "one.json")[0] == 1  # the broken image, as above
+    assert cli(capsys, *single, "-o", tmp_path / "dask.json", "--dask", client.scheduler.address)[0] == 1
+    assert (tmp_path / "dask.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+    fp32 = tmp_path / "fp32.json"
+    assert cli(capsys, "infer", images, dets, "--model", model_path, "-o", fp32, "--dask", client.scheduler.address)[0] == 1
+    assert fp32.read_bytes() != (tmp_path / "one.json").read_bytes()  # the workers did run the other precision
+
+
 def test_video_local_cluster_same_bytes_as_single_process(tmp_path, capsys, model_path):
     video = write_video(tmp_path / "clip.avi", "MJPG", 30, seed=100)
     dets = write_json(tmp_path / "dets.json", coco({f: person_boxes(f % 4, seed=f) for f in range(30) if f != 7}))
