@@ -101,6 +101,16 @@ def load_engine(engine, folder, threads):
     return lambda pixels: session.run(None, {"pixel_values": pixels})[0]
 
 
+def peak_rss_mb():
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries it over exec() from the
+    forked parent (this driver, holding a model), so every worker reported the driver's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(args):
     """Answer `batch` lines on stdin with one timed forward each; `rss` with the peak RSS so far."""
     run = load_engine(args.engine, args.folder, args.threads)
@@ -109,7 +119,7 @@ def worker(args):
     for line in sys.stdin:
         cmd = line.split()
         if cmd[0] == "rss":
-            out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            out = {"rss_mb": peak_rss_mb()}
         elif cmd[0] == "profile":
             from npvitpose.bench import profile
 
