@@ -1,71 +1,162 @@
 """Heatmap-head kernels, channels-last (B, H, W, C) throughout (spec 2).
 
-Classic: transposed conv 4x4 / stride 2 / padding 1 as one GEMM plus a col2im gather, batchnorm
-(eval) folded or applied, ReLU. Simple: ReLU + bilinear x4 (align_corners=False) + 3x3 conv.
+Classic: transposed conv 4x4 / stride 2 / padding 1 on gemm.linear (the own fp32 micro-kernel) plus a
+gather into the output, batchnorm (eval) folded or applied, ReLU. Simple: ReLU + bilinear x4 (align_corners=False) + 3x3 conv.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import prange
 
+from . import gemm
 from ._jit import jit, pjit
+
 
 
 @pjit
 def _col2im_s2(cols, h, w, cout, bias, relu, out):
-    # spec 2.1: out[o] += in[i] * W[k] with o = 2i - 1 + k; each output pixel gathers 2x2 (i, k) pairs
+    # spec 2.1: out[o] += in[i] * W[k] with o = 2i - 1 + k. Stride 2 splits the taps by parity: an even
+    # output row 2m takes input rows m (k 1) and m - 1 (k 3), an odd one 2m + 1 rows m (k 2) and m + 1
+    # (k 0); likewise columns. So every pixel sums exactly 2 x 2 taps; those falling off the map read the
+    # zero row past the crops' rows, and the channel loop runs branch-free over contiguous slices
+    b_ = out.shape[0]
+    stride = cols.shape[1]
+    flat, zero = cols.reshape(-1), (cols.shape[0] - 1) * stride
+    for t in prange(b_ * 2 * h):
+        b = t // (2 * h)
+        oy = t % (2 * h)
+        m, py = oy // 2, oy % 2
+        iy0, ky0, iy1, ky1 = (m, 1, m - 1, 3) if py == 0 else (m, 2, m + 1, 0)
+        y0 = (b * h + iy0) * w * stride
+        y1 = (b * h + iy1) * w * stride if 0 <= iy1 < h else -1
+        o = out[b, oy]
+        for ox in range(2 * w):
+            n, px = ox // 2, ox % 2
+            ix0, kx0, ix1, kx1 = (n, 1, n - 1, 3) if px == 0 else (n, 2, n + 1, 0)
+            x1 = ix1 * stride if 0 <= ix1 < w else -1
+            s00 = y0 + ix0 * stride + (ky0 * 4 + kx0) * cout
+            s01 = (y0 + x1 if x1 >= 0 else zero) + (ky0 * 4 + kx1) * cout
+            s10 = (y1 + ix0 * stride if y1 >= 0 else zero) + (ky1 * 4 + kx0) * cout
+            s11 = (y1 + x1 if y1 >= 0 and x1 >= 0 else zero) + (ky1 * 4 + kx1) * cout
+            p = o[ox]
+            if relu:
+                for co in range(cout):
+                    v = bias[co] + flat[s00 + co] + flat[s01 + co] + flat[s10 + co] + flat[s11 + co]
+                    p[co] = 0.0 if v < 0.0 else v  # NaN stays NaN
+            else:
+                for co in range(cout):
+                    p[co] = bias[co] + flat[s00 + co] + flat[s01 + co] + flat[s10 + co] + flat[s11 + co]
+
+
+@pjit
+def _windows(x, cols):
+    # every 2x2 window of the input padded by one zero pixel: row (b, a, c) holds x[b, a - 1 + dy, c - 1 + dx]
+    # for dy, dx in 0, 1 (zeros outside the map): (H + 1) x (W + 1) rows of 4 * Cin values
+    b_, h, w, cin = x.shape
+    for t in prange(b_ * (h + 1)):
+        b = t // (h + 1)
+        a = t % (h + 1)
+        for c in range(w + 1):
+            row = cols[(b * (h + 1) + a) * (w + 1) + c]
+            for dy in range(2):
+                for dx in range(2):
+                    iy, ix = a - 1 + dy, c - 1 + dx
+                    dst = row[(dy * 2 + dx) * cin:(dy * 2 + dx + 1) * cin]
+                    if 0 <= iy < h and 0 <= ix < w:
+                        dst[:] = x[b, iy, ix]
+                    else:
+                        dst[:] = 0.0
+
+
+@pjit
+def _depth_to_space(y, h, w, cout, relu, out):
+    # window (a, c) holds output pixels (2a - 1 + sy, 2c - 1 + sx) in its columns (sy, sx, co); the border
+    # windows' outer halves fall off the map
     b_ = out.shape[0]
     for t in prange(b_ * 2 * h):
         b = t // (2 * h)
         oy = t % (2 * h)
+        a, sy = (oy + 1) // 2, (oy + 1) % 2
         for ox in range(2 * w):
-            for co in range(cout):
-                out[b, oy, ox, co] = bias[co]
-            for ky in range(4):
-                iy2 = oy + 1 - ky
-                if iy2 % 2 or iy2 < 0 or iy2 >= 2 * h:
-                    continue
-                iy = iy2 // 2
-                for kx in range(4):
-                    ix2 = ox + 1 - kx
-                    if ix2 % 2 or ix2 < 0 or ix2 >= 2 * w:
-                        continue
-                    row = (b * h + iy) * w + ix2 // 2
-                    base = (ky * 4 + kx) * cout
-                    for co in range(cout):
-                        out[b, oy, ox, co] += cols[row, base + co]
+            c, sx = (ox + 1) // 2, (ox + 1) % 2
+            src = y[(b * (h + 1) + a) * (w + 1) + c, (sy * 2 + sx) * cout:(sy * 2 + sx + 1) * cout]
+            dst = out[b, oy, ox]
             if relu:
                 for co in range(cout):
-                    if out[b, oy, ox, co] < 0.0:
-                        out[b, oy, ox, co] = 0.0
+                    v = src[co]
+                    dst[co] = 0.0 if v < 0.0 else v  # NaN stays NaN
+            else:
+                dst[:] = src
 
 
-def deconv_weight(weight):
-    """ConvTranspose2d weight (Cin, Cout, 4, 4) (spec 2.1 trap 7) -> GEMM operand (Cin, 4*4*Cout)."""
-    cin, cout, kh, kw = weight.shape
-    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(cin, kh * kw * cout), dtype=np.float32)
+class Deconv(NamedTuple):
+    """A transposed conv 4x4 / stride 2 / padding 1 packed for gemm.linear in one of two forms:
+    taps (windows False): (16 Cout, Cin), rows (ky, kx, co), one product per input pixel, then col2im;
+    windows: (4 Cout, 4 Cin), rows (sy, sx, co), columns (dy, dx, ci): every 2x2 window of the zero-padded
+    input yields a 2x2 block of output pixels, so the taps are summed inside the product."""
+    packed: gemm.Packed
+    cout: int
+    windows: bool
 
 
-_COLS_BYTES = 8 << 20
+def deconv_weight(weight, windows=None):
+    """ConvTranspose2d weight (Cin, Cout, 4, 4) (spec 2.1 trap 7) -> Deconv for deconv4x4s2.
+
+    windows=None chooses by shape: the window form does (H+1)(W+1)/(HW) more arithmetic (+7% for
+    ViTPose's 32x24 -> 64x48, +15% for 16x12 -> 32x24) but writes a quarter of the output's size
+    per pixel where the tap form writes 16 Cout columns per input pixel and reads them back; measured
+    (tools/bench_head.py), windows win where Cin <= Cout (the second deconv) and lose at Cin 768."""
+    cin, cout = weight.shape[:2]
+    windows = cin <= cout if windows is None else windows
+    return Deconv(gemm.pack_weight(deconv_rows(weight, windows)), cout, windows)
 
 
-def deconv4x4s2(x, wmat, bias, relu=False):
-    """Transposed conv k=4, s=2, p=1: x (B, H, W, Cin) -> (B, 2H, 2W, Cout); wmat from deconv_weight."""
+def deconv_rows(weight, windows):
+    """The (N, K) matrix deconv_weight packs: (4 Cout, 4 Cin) for windows, else (16 Cout, Cin)."""
+    cin, cout = weight.shape[:2]
+    if windows:
+        k = 2 + np.arange(2)[:, None] - 2 * np.arange(2)[None, :]  # tap k[s, d]: output 2a - 1 + s, input a - 1 + d
+        w6 = weight[:, :, k[:, None, :, None], k[None, :, None, :]]  # (ci, co, sy, sx, dy, dx)
+        rows = w6.transpose(2, 3, 1, 4, 5, 0).reshape(4 * cout, 4 * cin)
+    else:
+        rows = weight.transpose(2, 3, 1, 0).reshape(16 * cout, cin)
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+_COLS_BYTES = 8 << 20  # the products' operands and outputs of a few crops at a time: in cache, allocated once
+
+
+def deconv4x4s2(x, deconv, bias, relu=False):
+    """Transposed conv k=4, s=2, p=1: x (B, H, W, Cin) -> (B, 2H, 2W, Cout), deconv from deconv_weight."""
     if x.dtype != np.float32 or x.ndim != 4 or not x.flags.c_contiguous:
         raise ValueError(f"x must be C-contiguous float32 (B, H, W, C), got {x.dtype} {x.shape}")
     b, h, w, cin = x.shape
-    cout = wmat.shape[1] // 16
-    if wmat.shape[0] != cin or wmat.shape[1] != 16 * cout or bias.shape != (cout,):
-        raise ValueError(f"weight {wmat.shape} / bias {bias.shape} do not fit input channels {cin}")
+    packed, cout = deconv.packed, deconv.cout
+    groups = 4 if deconv.windows else 1
+    if packed.k != groups * cin or packed.n != 16 // groups * cout or bias.shape != (cout,):
+        raise ValueError(f"weight {(packed.n, packed.k)} / bias {bias.shape} do not fit input channels {cin}")
     bias = np.ascontiguousarray(bias, np.float32)
     out = np.empty((b, 2 * h, 2 * w, cout), np.float32)
-    # the GEMM writes 16x the output's size: a few crops at a time keep it in cache and allocated once
+    if deconv.windows:
+        rows = (h + 1) * (w + 1)
+        step = max(1, _COLS_BYTES // (rows * 4 * (cin + cout) * 4))
+        cols = np.empty((min(step, b) * rows, 4 * cin), np.float32)
+        y = np.empty((min(step, b) * rows, 4 * cout), np.float32)
+        bias4 = np.tile(bias, 4)
+        for start in range(0, b, step):
+            n = min(step, b - start)
+            _windows(x[start:start + n], cols[:n * rows])
+            gemm.linear(cols[:n * rows], packed, bias4, out=y[:n * rows])  # (n*(H+1)*(W+1), 4*Cout)
+            _depth_to_space(y, h, w, cout, relu, out[start:start + n])
+        return out
     step = max(1, _COLS_BYTES // (h * w * 16 * cout * 4))
-    cols = np.empty((min(step, b) * h * w, 16 * cout), np.float32)
+    cols = np.empty((min(step, b) * h * w + 1, 16 * cout), np.float32)
+    cols[-1] = 0.0  # the zero row col2im reads for taps off the map
     for start in range(0, b, step):
         n = min(step, b - start)
-        part = cols[:n * h * w]
-        np.matmul(x[start:start + n].reshape(n * h * w, cin), wmat, out=part)  # (n*H*W, 16*Cout)
-        _col2im_s2(part, h, w, cout, bias, relu, out[start:start + n])
+        gemm.linear(x[start:start + n].reshape(n * h * w, cin), packed, out=cols[:n * h * w])  # (n*H*W, 16*Cout)
+        _col2im_s2(cols, h, w, cout, bias, relu, out[start:start + n])
     return out
 
 
@@ -168,9 +259,9 @@ def _upsample4_conv3x3(z, bias, out):
 
 
 def conv3x3_weight(weight):
-    """Conv2d weight (K, C, 3, 3) -> GEMM operand (C, 9*K), taps row-major then keypoints."""
+    """Conv2d weight (K, C, 3, 3) -> packed (9*K, C) operand of gemm.linear, rows taps row-major then keypoints."""
     k, c, _, _ = weight.shape
-    return np.ascontiguousarray(weight.transpose(1, 2, 3, 0).reshape(c, 9 * k), dtype=np.float32)
+    return gemm.pack_weight(np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(9 * k, c), dtype=np.float32))
 
 
 def upsample4_conv3x3(z, bias):
@@ -186,3 +277,4 @@ def upsample4_conv3x3(z, bias):
     out = np.empty((b, k, 4 * h, 4 * w), np.float32)
     _upsample4_conv3x3(z, np.ascontiguousarray(bias, np.float32), out)
     return out
+

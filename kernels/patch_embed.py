@@ -1,8 +1,9 @@
-"""Patch embedding as im2col + one GEMM: 16x16 conv, stride 16, padding 2 (spec 1.1)."""
+"""Patch embedding as im2col + one product on gemm.linear: 16x16 conv, stride 16, padding 2 (spec 1.1)."""
 
 import numpy as np
 from numba import prange
 
+from . import gemm
 from ._jit import pjit
 
 PATCH = 16
@@ -44,3 +45,21 @@ def im2col(pixels):
     cols = np.empty((b * hp * wp, ch * PATCH * PATCH), np.float32)
     _im2col(pixels, hp, wp, cols)
     return cols
+
+
+def embed_weight(weight):
+    """Conv2d weight (C, 3, 16, 16) -> packed (C, 3*16*16) operand of gemm.linear (columns in im2col's order)."""
+    return gemm.pack_weight(np.ascontiguousarray(weight.reshape(weight.shape[0], -1), dtype=np.float32))
+
+
+def embed(pixels, packed, bias, pos):
+    """Tokens (B*Hp*Wp, C) = the conv's output + bias + pos, pos (Hp*Wp, C) added to every crop;
+    the additions in the order of the unfused model, (conv + bias) + pos, in the product's epilogue."""
+    cols = im2col(pixels)
+    b, n = pixels.shape[0], pos.shape[0]
+    if cols.shape[0] != b * n:
+        raise ValueError(f"{cols.shape[0] // b} patches per crop, but {n} positions")
+    x = np.empty((b, n, packed.n), np.float32)
+    x[:] = pos
+    x = x.reshape(b * n, packed.n)
+    return gemm.linear(cols, packed, bias, residual=x, out=x)  # (B*N, C)

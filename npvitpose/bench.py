@@ -23,7 +23,7 @@ from .kernels._jit import pjit
 from .model import kernel_name
 
 # the kernels the forward calls by name; everything else in a forward is BLAS matrix products and glue
-_KERNELS = ("im2col", "layernorm", "attention", "deconv4x4s2", "upsample4", "upsample4_conv3x3")
+_KERNELS = ("embed", "layernorm", "attention", "deconv4x4s2", "upsample4", "upsample4_conv3x3")
 
 
 _CHAINS = 16  # independent FMA chains: more than FMA latency x ports on any current core
@@ -148,18 +148,24 @@ def gemm_roofline(model, batch, repeats=3):
     cfg = model.config
     m = 192 * batch
     rng = np.random.default_rng(0)
-    products = [(model._patch_w, False)]
-    for i in range(cfg.depth):  # the model keeps only packed linear weights: same shapes, random values
+
+    def random(packed):  # the model keeps only packed weights: same shapes, random values
+        return rng.standard_normal((packed.n, packed.k), dtype=np.float32), True
+
+    products = [random(model._patch_w)]
+    for i in range(cfg.depth):
         p = f"backbone.blocks.{i}."
-        products += [(rng.standard_normal((packed.n, packed.k), dtype=np.float32), True) for packed in
-                     (model._linear[p + name] for name in ("attn.qkv.weight", "attn.proj.weight",
-                                                           "mlp.fc1.weight", "mlp.fc2.weight"))]
+        products += [random(model._linear[p + name]) for name in ("attn.qkv.weight", "attn.proj.weight",
+                                                                   "mlp.fc1.weight", "mlp.fc2.weight")]
     rows = [m] * len(products)
     if cfg.head == "classic":
-        products += [(wmat, False) for wmat, _ in model._deconv] + [(model._final_w, False)]
-        rows += [m, 4 * m, 16 * m]
-    else:
+        for (deconv, _), (h, w) in zip(model._deconv, ((16, 12), (32, 24))):  # the head's products as it runs them
+            products.append(random(deconv.packed))
+            rows.append((h + 1) * (w + 1) * batch if deconv.windows else h * w * batch)
         products.append((model._final_w, False))
+        rows.append(16 * m)
+    else:
+        products.append(random(model._final_w))
         rows.append(m)
     operands = []
     for (weight, transposed), r in zip(products, rows):

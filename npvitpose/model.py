@@ -14,7 +14,7 @@ from .kernels import gemm, gemm_bf16, gemm_int8
 from .kernels.attention import attention
 from .kernels.head import conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4, upsample4_conv3x3
 from .kernels.layernorm import layernorm
-from .kernels.patch_embed import grid, im2col
+from .kernels.patch_embed import embed, embed_weight, grid
 from .npz import read_npz
 from .outputs import atomic_output
 
@@ -125,7 +125,8 @@ class Model:
             del w[key]  # the forward reads only the packed form; an array handed over is freed here
         pos = w["backbone.pos_embed"][0]
         self._pos = np.ascontiguousarray(pos[1:] + pos[0])  # spec 1.2: slot 0 is added to every token
-        self._patch_w = np.ascontiguousarray(w["backbone.patch_embed.proj.weight"].reshape(cfg.dim, -1).T)
+        # the patch embedding and the head stay fp32 at every precision (their drift was measured that way)
+        self._patch_w = embed_weight(w["backbone.patch_embed.proj.weight"])
         if cfg.head == "classic":
             self._deconv = []
             for layer in (0, 3):
@@ -133,6 +134,7 @@ class Model:
                 wt, b = fold_batchnorm(w[f"keypoint_head.deconv_layers.{layer}.weight"], w[bn + "running_mean"],
                                        w[bn + "running_var"], w[bn + "weight"], w[bn + "bias"])
                 self._deconv.append((deconv_weight(wt), b))
+            # (256, K) for BLAS: with K = 17 columns the micro-kernel's 48-wide panels measured 2-3x slower
             self._final_w = np.ascontiguousarray(w["keypoint_head.final_layer.weight"][:, :, 0, 0].T)
         else:
             self._final_w = conv3x3_weight(w["keypoint_head.final_layer.weight"])
@@ -168,9 +170,7 @@ class Model:
         b = pixels.shape[0]
         hp, wp = grid(HEIGHT, WIDTH)
         n = hp * wp
-        x = im2col(pixels) @ self._patch_w  # (B*N, C)
-        x += w["backbone.patch_embed.proj.bias"]
-        x.reshape(b, n, cfg.dim)[:] += self._pos
+        x = embed(pixels, self._patch_w, w["backbone.patch_embed.proj.bias"], self._pos)  # (B*N, C)
         _tap(taps, "embeddings", x, b)
         h, a = np.empty_like(x), np.empty_like(x)  # (B*N, C) buffers reused by every block
         qkv = np.empty((b * n, 3 * cfg.dim), np.float32)
@@ -191,8 +191,8 @@ class Model:
         f = x.reshape(b, hp, wp, cfg.dim)  # (B, 16, 12, C): tokens are already channels-last feature maps
         k = cfg.num_keypoints
         if cfg.head == "classic":
-            for stage, (wmat, bias) in enumerate(self._deconv, 1):
-                f = deconv4x4s2(f, wmat, bias, relu=True)  # (B, 2H, 2W, 256), batchnorm folded in
+            for stage, (deconv, bias) in enumerate(self._deconv, 1):
+                f = deconv4x4s2(f, deconv, bias, relu=True)  # (B, 2H, 2W, 256), batchnorm folded in
                 if taps is not None:
                     taps[f"head.stage{stage}"] = f.transpose(0, 3, 1, 2).copy()
             heat = f.reshape(-1, DECONV) @ self._final_w  # (B*64*48, K)
@@ -202,7 +202,7 @@ class Model:
             taps["head.upsampled"] = upsample4(np.ascontiguousarray(f), relu=True).transpose(0, 3, 1, 2).copy()
         # spec 2.2 reordered: the 3x3 conv's channel mix commutes with the per-channel bilinear x4,
         # so project the 16x12 map to 9 taps x K first and upsample those (16x fewer FLOPs)
-        z = np.maximum(f, 0).reshape(b * n, cfg.dim) @ self._final_w  # (B*N, 9K)
+        z = gemm.linear(np.maximum(f, 0).reshape(b * n, cfg.dim), self._final_w)  # (B*N, 9K)
         return upsample4_conv3x3(z.reshape(b, hp, wp, 9, k), w["keypoint_head.final_layer.bias"])  # (B, K, 64, 48)
 
     def __call__(self, image, boxes=None, box_format="xywh", color="rgb", **kwargs):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import twins
-from npvitpose.kernels import attention, head, layernorm, mlp, patch_embed
+from npvitpose.kernels import attention, gemm, head, layernorm, mlp, patch_embed
 
 rng = np.random.default_rng(1234)
 
@@ -57,10 +57,11 @@ def test_bias_gelu(rows, c):
 def test_patch_embedding(b, h, w, c):
     pixels = f32(b, 3, h, w)
     weight, bias = f32(c, 3, 16, 16, scale=0.05), f32(c)
-    got = (patch_embed.im2col(pixels) @ weight.reshape(c, -1).T + bias).reshape(b, -1, c)
     want = twins.patch_embed_conv(pixels, weight, bias)
+    pos = f32(want.shape[1], c)
+    got = patch_embed.embed(pixels, patch_embed.embed_weight(weight), bias, pos).reshape(b, -1, c)
     assert got.shape == want.shape
-    assert rel_err(got, want) < 1e-5
+    assert rel_err(got, want + pos) < 1e-5
 
 
 def test_patch_grid_keeps_padding_two():
@@ -72,15 +73,30 @@ def test_patch_grid_keeps_padding_two():
     assert cols[0, 4 * 16 + 4] == 1.0 and cols.sum() == 1.0
 
 
-@pytest.mark.parametrize("b,h,w,cin,cout", [(1, 3, 5, 4, 3), (2, 16, 12, 768, 256), (3, 32, 24, 16, 256)])
-def test_deconv(b, h, w, cin, cout):
+@pytest.mark.parametrize("windows", [False, True])  # both forms of the product at every shape
+@pytest.mark.parametrize("b,h,w,cin,cout", [(1, 3, 5, 4, 3), (2, 16, 12, 768, 256), (3, 32, 24, 16, 256), (1, 1, 1, 2, 5)])
+def test_deconv(b, h, w, cin, cout, windows):
     x, weight, bias = f32(b, h, w, cin), f32(cin, cout, 4, 4, scale=0.05), f32(cout)
-    got = head.deconv4x4s2(x, head.deconv_weight(weight), bias)  # (B, 2H, 2W, Cout)
+    deconv = head.deconv_weight(weight, windows)
+    got = head.deconv4x4s2(x, deconv, bias)  # (B, 2H, 2W, Cout)
     want = twins.conv_transpose(x.transpose(0, 3, 1, 2).astype(np.float64), weight) + bias[None, :, None, None]
     assert rel_err(got.transpose(0, 3, 1, 2), want) < 1e-5
-    relu = head.deconv4x4s2(x, head.deconv_weight(weight), bias, relu=True)
+    relu = head.deconv4x4s2(x, deconv, bias, relu=True)
     # scaled by the pre-ReLU output: a tiny case can be all negative, depending on the tests run before it
     assert np.abs(relu.transpose(0, 3, 1, 2) - np.maximum(want, 0)).max() < 1e-5 * np.abs(want).max()
+
+
+def test_deconv_chunks_and_nan():
+    # more crops than one chunk of the products (_COLS_BYTES: 1 crop per chunk for taps, 2 for windows), and
+    # NaN kept by the fused ReLU
+    x, weight, bias = f32(3, 32, 24, 8), f32(8, 256, 4, 4, scale=0.05), f32(256)
+    x[2, 5, 7, 0] = np.nan  # in the last chunk
+    want = twins.conv_transpose(x.transpose(0, 3, 1, 2).astype(np.float64), weight) + bias[None, :, None, None]
+    for windows in (False, True):
+        got = head.deconv4x4s2(x, head.deconv_weight(weight, windows), bias, relu=True).transpose(0, 3, 1, 2)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        assert np.abs(got[ok] - np.maximum(want[ok], 0)).max() < 1e-5 * np.abs(want[ok]).max()
 
 
 def test_batchnorm_kernel_and_fold():
@@ -109,7 +125,7 @@ def test_upsample(b, h, w, c):
 def test_simple_head(b, h, w, c, k):
     # ReLU, bilinear x4, 3x3 conv (spec 2.2), computed as channel mix first, then upsample4_conv3x3
     x, weight, bias = f32(b, h, w, c), f32(k, c, 3, 3, scale=0.05), f32(k)
-    z = (np.maximum(x, 0).reshape(-1, c) @ head.conv3x3_weight(weight)).reshape(b, h, w, 9, k)
+    z = gemm.linear(np.maximum(x, 0).reshape(-1, c), head.conv3x3_weight(weight)).reshape(b, h, w, 9, k)
     want = twins.conv2d(twins.upsample_bilinear(np.maximum(x, 0).transpose(0, 3, 1, 2).astype(np.float64)),
                         weight, bias)
     assert rel_err(head.upsample4_conv3x3(z, bias), want) < 1e-5
