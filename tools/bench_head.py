@@ -19,6 +19,8 @@ from npvitpose import threads
 from npvitpose.kernels import gemm, head, patch_embed
 from npvitpose.model import DECONV, VARIANTS
 
+from gemm_table import blas_kernel  # tools/ is on the path when run as a script
+
 
 def blas(packed, rows):
     """The same product through BLAS: a Packed without panels (gemm.linear's fallback path)."""
@@ -71,7 +73,8 @@ def main(argv=None):
                    help="cpu: the process's CPU seconds (summed over threads), steadier on a shared machine")
     args = p.parse_args(argv)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    print(f"ISA {gemm.ISA}, micro-kernel {'on' if gemm.OWN else 'absent (BLAS everywhere)'}; {args.clock} clock")
+    print(f"ISA {gemm.ISA}, micro-kernel {'on' if gemm.OWN else 'absent (BLAS everywhere)'}; BLAS: {blas_kernel()}; "
+          f"{args.clock} clock")
     print("| threads | batch | stage | variant | ms/crop | ratio |")
     print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -85,7 +88,7 @@ def main(argv=None):
                         start = clock()
                         fn()
                         times[name].append(clock() - start)
-                best = {name: min(v[1:]) / batch for name, v in times.items()}
+                best = {name: min(v[1:] or v) / batch for name, v in times.items()}  # the first round warms up
                 first = next(iter(best.values()))
                 for name, s in best.items():
                     print(f"| {t} | {batch} | {stage} | {name} | {s * 1e3:.2f} | {s / first:.2f} |", flush=True)
