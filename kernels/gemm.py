@@ -211,6 +211,23 @@ def _micro_kernel(mr, nv, width):
 _tile = _micro_kernel(MR, NV, W) if OWN else None
 
 
+@intrinsic
+def _prefetch(typingctx, a, index):
+    """Ask for the cache line holding a's flat element `index`, into L2 (llvm.prefetch: read, locality 2)."""
+    sig = types.void(a, index)
+
+    def codegen(context, builder, signature, args):
+        i32, i8p = ir.IntType(32), ir.IntType(8).as_pointer()
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.int64)])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @pjit
 def _pack_rows(x, xp):
     m, k = x.shape
@@ -238,9 +255,22 @@ def _gemm(xp, m, panels, bias, residual, mode, groups, accs, out):
                 a0 = (p - first) * MC * NR
                 for k0 in range(kl, min(kl + KL, k), KC):
                     kc = min(KC, k - k0)
+                    # the weight slice after this one (the next k0 of this panel, the next panel, the next sweep)
+                    # is fetched into L2 a share per tile: weights stream from memory, each used once per task
+                    nxt = -1
+                    if k0 + KC < min(kl + KL, k):
+                        nxt = (p * k + k0 + KC) * NR
+                    elif p + 1 < last:
+                        nxt = ((p + 1) * k + kl) * NR
+                    elif kl + KL < k:
+                        nxt = (first * k + kl + KL) * NR
+                    lines = KC * NR // 16 if nxt >= 0 else 0  # 64-byte lines
+                    share = -(-lines // -(-rows // MR))
                     for i0 in range(0, rows, MR):
                         _tile(xp, (m0 + i0) * k + k0 * MR, MR, 1, MR, kc, panels, (p * k + k0) * NR,
                               acc, a0 + i0 * NR, NR)
+                        for line in range(i0 // MR * share, min(lines, (i0 // MR + 1) * share)):
+                            _prefetch(panels, min(nxt + 16 * line, panels.size - 1))
                 if kl + KL >= k:  # the panel's last sweep: apply the epilogue while its tile is warm
                     _flush(acc, a0, rows, p * NR, m0, bias, residual, mode, out)
 
