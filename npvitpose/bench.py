@@ -4,7 +4,9 @@ Random weights of a named variant's shapes; per-crop time at a few batch sizes a
 the share of the time spent in each kernel, and the matrix-product roofline at the model's shapes.
 """
 
+import contextlib
 import dataclasses
+import sys
 import time
 import types
 
@@ -18,6 +20,7 @@ from numba.extending import intrinsic
 from . import model as model_mod
 from . import threads
 from .errors import NpvitposeError
+from .messages import Progress, isatty, note
 from .kernels import gemm
 from .kernels._jit import pjit
 from .model import kernel_name
@@ -269,37 +272,73 @@ def compare(args):
     return 0
 
 
+@contextlib.contextmanager
+def _stage(label, forwards, models):
+    """Say what one timed stage does: a line as it starts where stderr is a log (a bar on a terminal), then
+    a line every messages.PERIOD seconds; each forward of these models counts one step. Quiet under -q."""
+    if not isatty(sys.stderr):
+        note(f"bench: {label}")
+    bar = Progress(forwards, label, unit="forwards")
+    for m in models:
+        def counted(pixels, taps=None, _forward=m.forward):
+            out = _forward(pixels, taps)
+            bar.update()
+            return out
+        m.forward = counted  # an instance attribute over the method: profile() and time_forward() call it
+    try:
+        yield
+    finally:
+        for m in models:
+            del m.forward
+        bar.close()
+
+
+def _threads(n):
+    return f"{n} thread" + "s" * (n != 1)
+
+
+def _row(text):
+    print(text, flush=True)  # a row as soon as it is measured, also into a file or a pipe
+
+
 def main(args):
     import numba
+
+    from .cli import _note_compile
 
     if args.compare:
         return compare(args)
     if args.model not in model_mod.VARIANTS:
         raise NpvitposeError(f"--model {args.model!r}: timing uses random weights of {', '.join(model_mod.VARIANTS)}")
     counts = args.threads or sorted({1, numba.config.NUMBA_NUM_THREADS})
+    note(f"bench: random weights of {args.model} ({args.head} head), {', '.join(args.precision)}")
     models = {p: build(args.model, args.head, precision=p) for p in args.precision}
     model = models.get("fp32") or build(args.model, args.head)  # the roofline reads the fp32 weights
     cfg = model.config
-    print(f"{args.model} ({args.head} head), {cfg.depth} blocks of width {cfg.dim}; random weights; "
-          f"{forward_flops(cfg) / 1e9:.1f} GFLOP/crop; " + ", ".join(f"{p}: {kernel_name(p)}" for p in models))
-    print(f"fp32 linear layers: {kernel_info()}; BLAS: {blas_info()}")
-    print(f"{'threads':>7} {'batch':>5} {'precision':>9} {'ms/crop':>9} {'crops/s':>8} {'GEMM roofline ms/crop':>22}"
-          f" {'of roofline':>11} {'fp32 ceiling GFLOP/s':>21} {'of ceiling':>10}")
+    _note_compile()
+    _row(f"{args.model} ({args.head} head), {cfg.depth} blocks of width {cfg.dim}; random weights; "
+         f"{forward_flops(cfg) / 1e9:.1f} GFLOP/crop; " + ", ".join(f"{p}: {kernel_name(p)}" for p in models))
+    _row(f"fp32 linear layers: {kernel_info()}; BLAS: {blas_info()}")
+    _row(f"{'threads':>7} {'batch':>5} {'precision':>9} {'ms/crop':>9} {'crops/s':>8} {'GEMM roofline ms/crop':>22}"
+         f" {'of roofline':>11} {'fp32 ceiling GFLOP/s':>21} {'of ceiling':>10}")
     for n in counts:
         threads.set_threads(n)
         peak = fp32_ceiling()
         for batch in args.batch:
-            roof = gemm_roofline(model, batch)
-            for p, m in models.items():
-                med, _, _ = time_forward(m, batch, args.repeats)
-                print(f"{n:>7} {batch:>5} {p:>9} {1e3 * med / batch:>9.1f} {batch / med:>8.2f}"
-                      f" {1e3 * roof / batch:>22.1f} {roof / med:>10.0%} {peak / 1e9:>21.0f}"
-                      f" {forward_flops(cfg, batch) / med / peak:>9.0%}")
+            with _stage(f"{_threads(n)}, batch {batch}", (args.repeats + 1) * len(models),
+                        models.values()):
+                roof = gemm_roofline(model, batch)
+                measured = {p: time_forward(m, batch, args.repeats)[0] for p, m in models.items()}
+            for p, med in measured.items():
+                _row(f"{n:>7} {batch:>5} {p:>9} {1e3 * med / batch:>9.1f} {batch / med:>8.2f}"
+                     f" {1e3 * roof / batch:>22.1f} {roof / med:>10.0%} {peak / 1e9:>21.0f}"
+                     f" {forward_flops(cfg, batch) / med / peak:>9.0%}")
     if args.profile:
-        batch = args.batch[-1]
-        total, rows = profile(model, batch)
-        print(f"\nwhere one forward's time goes (batch {batch}, {threads.get_threads()} threads, "
-              f"{1e3 * total / batch:.1f} ms/crop):")
+        batch, repeats = args.batch[-1], 3
+        with _stage(f"profile, batch {batch}, {_threads(threads.get_threads())}", repeats + 1, [model]):
+            total, rows = profile(model, batch, repeats)
+        _row(f"\nwhere one forward's time goes (batch {batch}, {threads.get_threads()} threads, "
+             f"{1e3 * total / batch:.1f} ms/crop):")
         for name, s in sorted(rows.items(), key=lambda kv: -kv[1]):
-            print(f"  {name:<24} {1e3 * s / batch:8.2f} ms/crop {s / total:6.1%}")
+            _row(f"  {name:<24} {1e3 * s / batch:8.2f} ms/crop {s / total:6.1%}")
     return 0

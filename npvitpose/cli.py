@@ -377,8 +377,11 @@ def cmd_bench(argv):
             raise NpvitposeError(f"bench needs the package {e.name!r}: pip install 'npvitpose[bench]'") from None
         raise NpvitposeError("this npvitpose has no bench module") from None
     parser = argparse.ArgumentParser(prog=f"{PROG} bench", description="Speed benchmarks.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or notes: only the results")
     bench.add_arguments(parser)
-    code = bench.main(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    set_quiet(args.quiet)
+    code = bench.main(args)
     return 0 if code is None else int(code)
 
 

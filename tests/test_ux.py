@@ -253,3 +253,31 @@ def test_compile_note_is_said_once_when_the_cache_is_cold(tmp_path, capsys, mode
     assert run(capsys, "infer", image, dets, "--model", model_path, "--quiet")[2] == ""
     monkeypatch.setattr(R, "jit_cache_cold", lambda: False)
     assert run(capsys, "infer", image, dets, "--model", model_path)[2] == ""
+
+
+def test_bench_says_what_it_is_doing_and_quiet_silences_it(capsys, monkeypatch):
+    import npvitpose.bench as bench
+    from npvitpose.model import Config, from_weights, random_weights
+    from test_cli import tiny_meta
+
+    tiny = Config(dim=64, depth=1, heads=2, mlp_hidden=128, num_keypoints=17, head="classic", ln_eps=1e-6)
+    monkeypatch.setattr(bench, "build", lambda *a, precision="fp32", **k: from_weights(
+        random_weights(tiny, seed=0), tiny_meta(tiny), precision))
+    monkeypatch.setattr(bench, "fp32_ceiling", lambda: 1e11)
+    monkeypatch.setattr(messages, "PERIOD", 0.0)  # every forward is "a while" after the last line
+    argv = ["bench", "--model", "vitpose-s", "--batch", "1", "2", "--threads", "1", "--repeats", "2", "--profile"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0
+    lines = err.splitlines()
+    stages = [line for line in lines if line.startswith("npvitpose: bench: ")]
+    assert stages == ["npvitpose: bench: random weights of vitpose-s (classic head), fp32",
+                      "npvitpose: bench: 1 thread, batch 1", "npvitpose: bench: 1 thread, batch 2",
+                      "npvitpose: bench: profile, batch 2, 1 thread"]
+    # between them, one line per forward (3 per batch: warm-up and 2 timed; 4 for the profile)
+    assert [line.split(" forwards")[0] for line in lines if "forwards (" in line][:3] == \
+        ["1 thread, batch 1: 1/3", "1 thread, batch 1: 2/3", "1 thread, batch 1: 3/3"]
+    assert any(line.startswith("profile, batch 2, 1 thread: 4/4 forwards (100%)") for line in lines)
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["1"]]
+    assert [r[:3] for r in rows] == [["1", "1", "fp32"], ["1", "2", "fp32"]] and "where one forward" in out
+    code, out_q, err_q = run(capsys, *argv, "-q")
+    assert code == 0 and err_q == "" and out_q.count("\n") == out.count("\n")
