@@ -1,0 +1,162 @@
+"""Threads on a busy machine (issue 11 item 7): `npvitpose infer` on a short video while busy loops of our
+own compete for the cores, under several thread settings, interleaved.
+
+Each setting runs in a fresh process (OMP_WAIT_POLICY and the threading layer are read when the libraries
+load): it infers one image first (kernels loaded from the cache, OpenCV started), then times `infer` on
+the video. The load is `--load N` processes spinning at the same priority, started before the rounds and
+killed at the end, also on Ctrl-C or SIGTERM. Run it as benchmarks run here:
+
+    flock /tmp/bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/bench_threads.py --load 1
+
+Random ViT-S weights (`--variant`), one person box per frame, flip test: two crops per forward.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout, as the children get it through PYTHONPATH
+
+# name -> (environment, extra infer arguments); "auto" is the default the package picks
+SETTINGS = {
+    "default": ({}, []),
+    "threads 1": ({}, ["--threads", "1"]),
+    "threads 2": ({}, ["--threads", "2"]),
+    "2, OMP active": ({"OMP_WAIT_POLICY": "ACTIVE"}, ["--threads", "2"]),
+    "2, workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, ["--threads", "2"]),
+    "2, tbb": ({"NUMBA_THREADING_LAYER": "tbb"}, ["--threads", "2"]),
+}
+
+CHILD = r"""
+import os, sys, time
+import numba
+from npvitpose.cli import main
+chunk = os.environ.get("BENCH_CHUNKSIZE")
+if chunk:
+    numba.set_parallel_chunksize(int(chunk))
+image, video, boxes, model, out, *extra = sys.argv[1:]
+assert main(["infer", image, boxes, "--model", model, "-q", "-o", out, *extra]) == 0
+t = time.perf_counter()
+assert main(["infer", video, boxes, "--model", model, "-q", "-o", out, *extra]) == 0
+print(time.perf_counter() - t, numba.threading_layer(), numba.get_num_threads())
+"""
+
+
+def make_inputs(folder, variant, frames):
+    import cv2
+    import numpy as np
+
+    from npvitpose import datasets, model
+
+    cfg = model.VARIANTS[variant]
+    ds = datasets.DATASETS["coco"]
+    meta = {"dim": cfg.dim, "depth": cfg.depth, "heads": cfg.heads, "mlp_hidden": cfg.mlp_hidden,
+            "num_keypoints": 17, "head": "classic", "ln_eps": 1e-6, "dataset": "coco",
+            "keypoint_names": list(ds.keypoint_names), "skeleton": [list(p) for p in ds.skeleton],
+            "flip_pairs": [list(p) for p in ds.flip_pairs], "mode": ds.mode, "source_name": "random",
+            "source_format": "npz", "source_sha256": None, "moe": None}
+    paths = {k: os.path.join(folder, n) for k, n in
+             (("model", "model.npz"), ("image", "one.jpg"), ("video", "clip.avi"), ("boxes", "boxes.json"))}
+    model.save_npz(paths["model"], model.random_weights(cfg, seed=0), meta)
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(paths["video"], cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 480))
+    for i in range(frames):
+        frame = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        cv2.rectangle(frame, (200 + i, 60), (420 + i, 460), (40, 200, 90), -1)
+        writer.write(frame)
+    writer.release()
+    cv2.imwrite(paths["image"], frame)
+    with open(paths["boxes"], "w") as f:
+        json.dump([[190, 50, 260, 420, 1.0]], f)
+    return paths
+
+
+def start_load(n):
+    spin = "while True: pass"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
+
+
+def stop_load(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
+
+
+def run_one(paths, setting, extra_env):
+    env, args = SETTINGS[setting] if setting in SETTINGS else ({}, [])
+    env = dict(os.environ, PYTHONPATH=ROOT, **env, **extra_env.get(setting, {}))
+    out = subprocess.run([sys.executable, "-c", CHILD, paths["image"], paths["video"], paths["boxes"],
+                          paths["model"], os.path.join(os.path.dirname(paths["model"]), "out.json"), *args],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"{setting}: failed\n{out.stderr[-2000:]}")
+    seconds, layer, threads = out.stdout.split()
+    return float(seconds), layer, int(threads)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="vitpose-s")
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--load", type=int, nargs="+", default=[1], help="busy processes (several: one pass each)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    parser.add_argument("--chunksize", nargs="*", default=[], metavar="SETTING=N",
+                        help="also numba.set_parallel_chunksize(N) in that setting (a name of its own: 'name=N')")
+    parser.add_argument("--tbb-lib", help="folder holding libtbb.so.12 (for the tbb setting)")
+    args = parser.parse_args(argv)
+    extra_env = {}
+    settings = list(args.settings)
+    for spec in args.chunksize:
+        name, n = spec.rsplit("=", 1)
+        base = name.split(" chunk")[0]
+        SETTINGS[f"{base} chunk {n}"] = (dict(SETTINGS[base][0], BENCH_CHUNKSIZE=n), SETTINGS[base][1])
+        settings.append(f"{base} chunk {n}")
+    if args.tbb_lib:
+        extra_env["2, tbb"] = {"LD_LIBRARY_PATH": args.tbb_lib}
+    load = []
+
+    def stop(signum, frame):
+        stop_load(load)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_inputs(folder, args.variant, args.frames)
+        for n in args.load:
+            times = {s: [] for s in settings}
+            info = {}
+            try:
+                load[:] = start_load(n)
+                time.sleep(0.5)
+                for r in range(args.rounds):
+                    order = settings[r % len(settings):] + settings[:r % len(settings)]  # rotate: no fixed slot
+                    for s in order:
+                        seconds, layer, threads = run_one(paths, s, extra_env)
+                        times[s].append(seconds)
+                        info[s] = f"{layer}, {threads} threads"
+            finally:
+                stop_load(load)
+            base = statistics.median(times[settings[0]])
+            print(f"\n{args.variant}, {args.frames} frames, 1 box (2 crops per forward), {n} busy process(es), "
+                  f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
+            print(f"| setting | layer | s per video (median) | min-max | vs {settings[0]} |")
+            print("|---|---|---|---|---|")
+            for s in settings:
+                med = statistics.median(times[s])
+                print(f"| {s} | {info[s]} | {med:.2f} | {min(times[s]):.2f}-{max(times[s]):.2f} | {med / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
