@@ -36,15 +36,35 @@ SETTINGS = {
 
 CHILD = r"""
 import os, sys, time
-import numba
-from npvitpose.cli import main
-chunk = os.environ.get("BENCH_CHUNKSIZE")
-if chunk:
-    numba.set_parallel_chunksize(int(chunk))
-image, video, boxes, model, out, *extra = sys.argv[1:]
-assert main(["infer", image, boxes, "--model", model, "-q", "-o", out, *extra]) == 0
+import npvitpose, numba
+import cv2
+import numpy as np
+from npvitpose import threads
+image, video, boxes, model, detector, *extra = sys.argv[1:]
+n = int(extra[1]) if extra[:1] == ["--threads"] else None
+if n is not None:  # as `infer --threads N` does
+    threads.set_threads(n)
+    cv2.setNumThreads(n)
+if os.environ.get("BENCH_CHUNKSIZE"):
+    numba.set_parallel_chunksize(int(os.environ["BENCH_CHUNKSIZE"]))
+model = npvitpose.load(model)
+det = npvitpose.Detector(detector) if detector != "-" else None
+box = [[190, 50, 260, 420]]
+frames = []
+capture = cv2.VideoCapture(video)
+while True:
+    ok, frame = capture.read()
+    if not ok:
+        break
+    frames.append(frame)
+def one(frame):
+    if det is not None:
+        det(frame[:, :, ::-1].copy())
+    model(frame, box, color="bgr")
+one(frames[0])  # warm: kernels loaded, pools started
 t = time.perf_counter()
-assert main(["infer", video, boxes, "--model", model, "-q", "-o", out, *extra]) == 0
+for frame in frames:
+    one(frame)
 print(time.perf_counter() - t, numba.threading_layer(), numba.get_num_threads())
 """
 
@@ -95,7 +115,7 @@ def run_one(paths, setting, extra_env):
     env, args = SETTINGS[setting] if setting in SETTINGS else ({}, [])
     env = dict(os.environ, PYTHONPATH=ROOT, **env, **extra_env.get(setting, {}))
     out = subprocess.run([sys.executable, "-c", CHILD, paths["image"], paths["video"], paths["boxes"],
-                          paths["model"], os.path.join(os.path.dirname(paths["model"]), "out.json"), *args],
+                          paths["model"], paths.get("detector", "-"), *args],
                          env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"{setting}: failed\n{out.stderr[-2000:]}")
@@ -112,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--chunksize", nargs="*", default=[], metavar="SETTING=N",
                         help="also numba.set_parallel_chunksize(N) in that setting (a name of its own: 'name=N')")
+    parser.add_argument("--detector", action="store_true",
+                        help="also run a person detector on every frame (random YOLOX-S, 640, cv2.dnn; needs torch)")
     parser.add_argument("--tbb-lib", help="folder holding libtbb.so.12 (for the tbb setting)")
     args = parser.parse_args(argv)
     extra_env = {}
@@ -133,6 +155,13 @@ def main(argv=None):
     signal.signal(signal.SIGHUP, stop)
     with tempfile.TemporaryDirectory() as folder:
         paths = make_inputs(folder, args.variant, args.frames)
+        if args.detector:
+            sys.path.insert(0, os.path.join(ROOT, "tests"))
+            sys.path.insert(0, os.path.join(ROOT, "tools"))
+            import bench_detector
+
+            paths["detector"] = os.path.join(folder, "yolox-s.onnx")
+            bench_detector.export(paths["detector"], 0.5, 0.33, 640)
         for n in args.load:
             times = {s: [] for s in settings}
             info = {}
@@ -148,7 +177,8 @@ def main(argv=None):
             finally:
                 stop_load(load)
             base = statistics.median(times[settings[0]])
-            print(f"\n{args.variant}, {args.frames} frames, 1 box (2 crops per forward), {n} busy process(es), "
+            print(f"\n{args.variant}, {args.frames} frames, 1 box (2 crops per forward)"
+                  f"{', YOLOX-S 640 on each frame' if args.detector else ''}, {n} busy process(es), "
                   f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
             print(f"| setting | layer | s per video (median) | min-max | vs {settings[0]} |")
             print("|---|---|---|---|---|")
