@@ -1,10 +1,11 @@
-"""Threads on a busy machine (issue 11 item 7): `npvitpose infer` on a short video while busy loops of our
-own compete for the cores, under several thread settings, interleaved.
+"""Threads on a busy machine (issue 11 item 7): the pose pipeline on each frame of a short video while
+busy loops of our own compete for the cores, under several thread settings, interleaved.
 
 Each setting runs in a fresh process (OMP_WAIT_POLICY and the threading layer are read when the libraries
-load): it infers one image first (kernels loaded from the cache, OpenCV started), then times `infer` on
-the video. The load is `--load N` processes spinning at the same priority, started before the rounds and
-killed at the end, also on Ctrl-C or SIGTERM. Run it as benchmarks run here:
+load): it loads the model, runs one frame (kernels loaded from the cache, pools started), then times
+`model(frame, box)` on every frame, with `--detector` a person detector first, as `infer` without boxes
+does. The load is `--load N` processes spinning at the same priority, started before the rounds and
+killed at the end, also on SIGTERM. Run it as benchmarks run here:
 
     flock /tmp/bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/bench_threads.py --load 1
 
