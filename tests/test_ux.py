@@ -17,6 +17,13 @@ from npvitpose.cli import main
 from test_cli import BOXES, model_path, run, synthetic_image, write_image, write_json  # noqa: F401
 
 
+@pytest.fixture(autouse=True)
+def _no_periodic_lines(monkeypatch):
+    """A cold JIT cache makes the first forward take long enough for a progress line in a log: the tests
+    that check stderr word for word would then depend on the cache. Those about progress set PERIOD."""
+    monkeypatch.setattr(messages, "PERIOD", 1e9)
+
+
 def _no_model(monkeypatch):
     """Fail the test if the command gets as far as finding a model."""
     monkeypatch.setattr(fetch, "resolve", lambda *a, **k: pytest.fail("went on to model work"))
