@@ -190,8 +190,12 @@ class DetectedBoxes:
     def detect(self, image):
         from .detector import whole_image
 
+        from .pipeline import MIN_ROI, padded_size
+
         found, scores = whole_image(image.shape) if self.detector is None else self.detector(image)
         keep = scores >= self.bbox_thr  # --bbox-thr applies to detector boxes too
+        if len(found):  # a detector's sub-pixel box is noise, not a person: the pipeline could not crop it
+            keep &= (found[:, 2] > 0) & (found[:, 3] > 0) & (padded_size(found) >= MIN_ROI).all(axis=1)
         return found[keep], scores[keep]
 
     def for_image(self, path, image):

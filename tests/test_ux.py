@@ -288,3 +288,12 @@ def test_bench_says_what_it_is_doing_and_quiet_silences_it(capsys, monkeypatch):
     assert [r[:3] for r in rows] == [["1", "1", "fp32"], ["1", "2", "fp32"]] and "where one forward" in out
     code, out_q, err_q = run(capsys, *argv, "-q")
     assert code == 0 and err_q == "" and out_q.count("\n") == out.count("\n")
+
+
+def test_detector_boxes_too_small_to_crop_are_dropped_not_fatal():
+    # a random-weight YOLOX found a 0.3 x 0.7 px "person" and the whole video failed on it
+    found = np.array([[10.0, 10.0, 50.0, 80.0], [300.0, 200.0, 0.3, 0.7], [5.0, 5.0, 0.0, 20.0]])
+    source = R.DetectedBoxes(lambda image: (found, np.array([0.9, 0.95, 0.8])))
+    boxes, scores = source.for_frame(0, np.zeros((480, 640, 3), np.uint8))
+    np.testing.assert_array_equal(boxes, found[:1])
+    np.testing.assert_array_equal(scores, [0.9])

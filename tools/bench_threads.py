@@ -13,6 +13,7 @@ Random ViT-S weights (`--variant`), one person box per frame, flip test: two cro
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -99,15 +100,30 @@ def make_inputs(folder, variant, frames):
     return paths
 
 
-def start_load(n):
-    spin = "while True: pass"
-    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
+LOADS = {
+    "spin": "while os.getppid() == parent:\n    for _ in range(200000): pass",
+    # another parallel program: ViT-S forwards of 2 crops on all cores, as a second npvitpose job would run
+    "pose": "import numpy as np\nfrom npvitpose import bench\nm = bench.build('vitpose-s')\n"
+            "x = np.zeros((2, 3, 256, 192), np.float32)\nwhile os.getppid() == parent:\n    m.forward(x)",
+}
+
+
+def start_load(n, kind):
+    # each runs until its parent is gone, so no load outlives this script even if it is killed (-9)
+    code = "import os\nparent = os.getppid()\n" + LOADS[kind]
+    return [subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT))
+            for _ in range(n)]
+
+
+def kill_load(procs):
+    """Safe in a signal handler: no Popen.wait (its lock may be held by the code the signal interrupted)."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
 
 
 def stop_load(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
+    kill_load(procs)
     for p in procs:
         p.wait()
 
@@ -129,12 +145,15 @@ def main(argv=None):
     parser.add_argument("--variant", default="vitpose-s")
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--load", type=int, nargs="+", default=[1], help="busy processes (several: one pass each)")
+    parser.add_argument("--load-kind", choices=list(LOADS), default="spin",
+                        help="spin: a busy loop; pose: ViT-S forwards on all cores in a loop (another parallel job)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--chunksize", nargs="*", default=[], metavar="SETTING=N",
                         help="also numba.set_parallel_chunksize(N) in that setting (a name of its own: 'name=N')")
-    parser.add_argument("--detector", action="store_true",
-                        help="also run a person detector on every frame (random YOLOX-S, 640, cv2.dnn; needs torch)")
+    parser.add_argument("--detector", nargs="?", const="", metavar="FILE.onnx",
+                        help="also run a person detector on every frame (default: a random YOLOX-S, 640, exported "
+                             "with torch)")
     parser.add_argument("--tbb-lib", help="folder holding libtbb.so.12 (for the tbb setting)")
     args = parser.parse_args(argv)
     extra_env = {}
@@ -149,7 +168,7 @@ def main(argv=None):
     load = []
 
     def stop(signum, frame):
-        stop_load(load)
+        kill_load(load)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
@@ -157,6 +176,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         paths = make_inputs(folder, args.variant, args.frames)
         if args.detector:
+            paths["detector"] = args.detector
+        elif args.detector == "":
             sys.path.insert(0, os.path.join(ROOT, "tests"))
             sys.path.insert(0, os.path.join(ROOT, "tools"))
             import bench_detector
@@ -167,8 +188,8 @@ def main(argv=None):
             times = {s: [] for s in settings}
             info = {}
             try:
-                load[:] = start_load(n)
-                time.sleep(0.5)
+                load[:] = start_load(n, args.load_kind)
+                time.sleep(0.5 if args.load_kind == "spin" else 5)
                 for r in range(args.rounds):
                     order = settings[r % len(settings):] + settings[:r % len(settings)]  # rotate: no fixed slot
                     for s in order:
@@ -179,7 +200,7 @@ def main(argv=None):
                 stop_load(load)
             base = statistics.median(times[settings[0]])
             print(f"\n{args.variant}, {args.frames} frames, 1 box (2 crops per forward)"
-                  f"{', YOLOX-S 640 on each frame' if args.detector else ''}, {n} busy process(es), "
+                  f"{', YOLOX-S 640 on each frame' if args.detector is not None else ''}, {n} x {args.load_kind} load, "
                   f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
             print(f"| setting | layer | s per video (median) | min-max | vs {settings[0]} |")
             print("|---|---|---|---|---|")
