@@ -223,6 +223,8 @@ def _warn_empty(args, detections, inputs, empty):
 
 def _write_results(results, per_input, args, readable):
     data = per_input if args.format == "mmpose" else results  # mmpose: {input path: its instances}
+    if args.output is None and args.pred_out_dir is not None:
+        return  # the results are in the folder's files, as mmpose's --pred-out-dir leaves them
     text = _json(data, readable)
     if args.output is None:
         sys.stdout.write(text)
@@ -506,7 +508,8 @@ def build_parser():
                                                   "(default: $NPVITPOSE_CACHE or ~/.cache/npvitpose)")
     p.add_argument("-o", "--output", metavar="OUT.json",
                    help="the results (default: standard output); OUT.jsonl streams one line per image or frame")
-    p.add_argument("--pred-out-dir", metavar="DIR", help="also write one DIR/<input name>.json per input")
+    p.add_argument("--pred-out-dir", metavar="DIR", help="write one DIR/<input name>.json per input (also -o if given; "
+                                                         "nothing on standard output)")
     p.add_argument("--format", choices=("coco", "mmpose"), default="coco", help="layout of the results")
     p.add_argument("--vis", metavar="OUT.jpg|DIR", help="also draw the keypoints (an image, a video, or a "
                                                         "folder for several inputs)")

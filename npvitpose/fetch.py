@@ -425,6 +425,9 @@ def fetch(name, cache_dir=None, endpoint=None, progress=None, dataset=None):
             for file_name, sha in zip(source.files, source.sha256)
         ]
     except NpvitposeError as e:
+        for empty in (folder, os.path.dirname(folder)):  # nothing received: no "unfinished download" to list
+            with contextlib.suppress(OSError):
+                os.rmdir(empty)
         raise NpvitposeError(f"{e}; {offline_help(name)}") from None
     src = folder if source.convert_from == "folder" else paths[-1]
     from .convert import convert
@@ -546,5 +549,5 @@ def resolve(spec, cache=None, note=None, dataset=None):
         if note is not None:
             note(f"model {spec!r} is not in the cache {os.path.dirname(path)!r}; "
                  f"downloading it once from {SOURCES[canonical].repo}")
-        path = fetch(canonical, cache_dir=cache, dataset=dataset)
+        path = fetch(spec, cache_dir=cache, dataset=dataset)  # its offline hint names the model as the user did
     return path

@@ -165,14 +165,16 @@ def test_vis_with_every_score_below_kpt_thr_warns(tmp_path, capsys, model_path):
 def test_pred_out_dir_and_mmpose_layout(tmp_path, capsys, model_path, photos):
     dets = write_json(tmp_path / "dets.json", {"kitchen.jpg": BOXES, "street view.png": [], "empty.jpg": []})
     code, out, _ = run(capsys, "infer", photos, dets, "--model", model_path, "--pred-out-dir", tmp_path / "preds")
-    assert code == 0
-    coco = json.loads(out)
+    assert code == 0 and out == ""  # the results are in the folder, as mmpose leaves them
+    code, _, _ = run(capsys, "infer", photos, dets, "--model", model_path, "--pred-out-dir", tmp_path / "again",
+                     "-o", tmp_path / "all.json")
+    coco = json.loads((tmp_path / "all.json").read_text())
     assert sorted(os.listdir(tmp_path / "preds")) == ["empty.json", "kitchen.json", "street view.json"]
     assert json.loads((tmp_path / "preds" / "kitchen.json").read_text()) == coco
     assert json.loads((tmp_path / "preds" / "empty.json").read_text()) == []
     code, out, _ = run(capsys, "infer", photos, dets, "--model", model_path, "--format", "mmpose",
-                       "--pred-out-dir", tmp_path / "mm")
-    mm = json.loads(out)
+                       "--pred-out-dir", tmp_path / "mm", "-o", tmp_path / "mm.json")
+    mm = json.loads((tmp_path / "mm.json").read_text())
     assert code == 0 and list(mm) == [str(photos / n) for n in ("empty.jpg", "kitchen.jpg", "street view.png")]
     assert json.loads((tmp_path / "mm" / "kitchen.json").read_text()) == mm[str(photos / "kitchen.jpg")]
     for person, record in zip(mm[str(photos / "kitchen.jpg")], coco):  # the same numbers, mmpose's layout
