@@ -241,7 +241,7 @@ def test_model_by_fetched_name(tmp_path, capsys, model_path, monkeypatch):
                          tmp_path / "res.json")
     assert code == 1 and out == "" and "usyd-community/vitpose-plus-huge" in err
     assert err.splitlines()[-1].startswith("npvitpose: error: download failed: cannot reach") and err.count("\n") == 2
-    assert not (tmp_path / "res.json").exists() and sorted(os.listdir(cache)) == ["downloads", "vitpose-base.npz"]
+    assert not (tmp_path / "res.json").exists() and sorted(os.listdir(cache)) == ["vitpose-base.npz"]  # no empty download left
 
 
 def test_fetch_list(capsys):
