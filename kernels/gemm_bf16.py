@@ -2,15 +2,18 @@
 
 The contract of kernels/gemm.py (`pack_weight`, `linear`), with the weights kept only as bf16.
 - pack_weight(w): w (N, K) float32, the checkpoint's (out, in) layout, rounded to bf16 once
-  (round to nearest even) into column panels of 48 outputs: int32 lanes holding (w[n, 2k], w[n, 2k+1]).
-- linear(x, packed): activations are rounded to bf16 the same way while packed (16-row tiles for AMX,
-  8-row panels for AVX-512); every product is exact in fp32 and accumulated in fp32, so the only error
-  is the two roundings. AMX (kernels/amx.py) where the CPU has it, else AVX512-BF16 8x48 register tiles.
+  (round to nearest even) into int32 lanes holding (w[n, 2k], w[n, 2k+1]): AMX tiles of 16 outputs
+  (kernels/amx.py) where the CPU has AMX, else column panels of 48 outputs.
+- linear(x, packed): activations are rounded to bf16 the same way in one parallel pass (row-major for
+  AMX) or per task (8-row panels for AVX-512); every product is exact in fp32 and accumulated in fp32,
+  so the only error is the two roundings. AMX: 32 x 32 blocks held in tile registers over all of K, the
+  epilogue applied on each block as it leaves them; else AVX512-BF16 8x48 register tiles.
 Where the CPU (or Numba's target, e.g. NUMBA_CPU_NAME=generic) lacks AVX512-BF16, the same bf16
 values are widened to fp32 and multiplied by NumPy's BLAS: the same numbers up to summation order,
 slower than fp32. `FAST` says which path runs.
 """
 
+import math
 from typing import NamedTuple
 
 import numba
@@ -24,7 +27,7 @@ import llvmlite.binding as llvm
 
 from . import amx
 from ._jit import jit, pjit
-from .mlp import _INV_SQRT2, _erf, bias_gelu
+from .mlp import _INV_SQRT2, _erf, bias_gelu, gelu
 
 MR, NR = 8, 48  # micro-tile: 8 rows x 48 columns = 24 zmm accumulators, no spills
 
@@ -42,9 +45,10 @@ INSTRUCTION = "tdpbf16ps (AMX)" if AMX else "vdpbf16ps"  # what FAST runs; the f
 
 
 class PackedBF16(NamedTuple):
-    panels: np.ndarray  # (ceil(N/48), K/2 padded to 16, 48) int32: bf16 pairs, zero-padded
+    panels: np.ndarray  # AVX-512: (ceil(N/48), K/2 padded to 16, 48) int32 bf16 pairs; AMX: amx.pack_strips tiles
     n: int
     k: int
+    amx: bool = False  # panels are AMX tiles: (ceil(N/32) * 2 strips, K/32, 16, 16) int32, zero-padded
 
 
 def _round_bits(w):
@@ -60,17 +64,28 @@ def pack_weight(w):
     if w.dtype != np.float32 or w.ndim != 2:
         raise ValueError(f"weight must be a 2-D float32 array, got {w.dtype} {w.shape}")
     n, k = w.shape
-    npan, kp = -(-n // NR), -(-k // 32) * 16  # K padded to one AMX tile depth: 32 bf16 = 16 pairs
-    bits = np.zeros((npan * NR, 2 * kp), np.uint32)
+    width = BC if AMX else NR  # AMX: whole 32-column blocks; AVX-512: 48-column panels
+    npan, kp = -(-n // width), -(-k // 32) * 16  # K padded to one AMX tile depth: 32 bf16 = 16 pairs
+    bits = np.zeros((npan * width, 2 * kp), np.uint32)
     bits[:n, :k] = _round_bits(w)
     lanes = bits[:, 0::2] | (bits[:, 1::2] << np.uint32(16))  # (N', K/2): element 2k in the low half
+    if AMX:
+        return PackedBF16(amx.pack_strips(lanes, npan * amx.CT).view(np.int32), n, k, True)
     panels = np.ascontiguousarray(lanes.reshape(npan, NR, kp).transpose(0, 2, 1)).view(np.int32)
     return PackedBF16(panels, n, k)
 
 
+def lanes_of(packed):
+    """The packed panels or tiles back as (N', K') int32 lanes, one output column per row."""
+    p = packed.panels
+    if packed.amx:
+        return p.transpose(0, 3, 1, 2).reshape(p.shape[0] * p.shape[3], -1)
+    return p.transpose(0, 2, 1).reshape(-1, p.shape[1])
+
+
 def unpack_weight(packed):
     """The bf16 weight as float32 (N, K): what the products use."""
-    lanes = packed.panels.view(np.uint32).transpose(0, 2, 1).reshape(-1, packed.panels.shape[1])
+    lanes = lanes_of(packed).view(np.uint32)
     bits = np.empty((lanes.shape[0], 2 * lanes.shape[1]), np.uint32)
     bits[:, 0::2] = lanes << np.uint32(16)
     bits[:, 1::2] = lanes & np.uint32(0xFFFF0000)
@@ -174,10 +189,10 @@ def gelu_value(v):
 
 
 @jit
-def _store(tile, out, res, bias, r0, c0, rows, cols, mode):
-    """The contract's epilogue on one tile: + bias, then GELU (mode 1) or + residual (mode 2)."""
+def _store(tile, stride, out, res, bias, r0, c0, rows, cols, mode):
+    """The contract's epilogue on one tile (row stride `stride`): + bias, then GELU (mode 1) or + residual (mode 2)."""
     for r in range(rows):
-        t, o, e, b = tile[r * NR:r * NR + cols], out[r0 + r, c0:c0 + cols], res[r0 + r, c0:c0 + cols], bias[c0:c0 + cols]
+        t, o, e, b = tile[r * stride:r * stride + cols], out[r0 + r, c0:c0 + cols], res[r0 + r, c0:c0 + cols], bias[c0:c0 + cols]
         if mode == 0:
             for j in range(cols):
                 o[j] = t[j] + b[j]
@@ -190,10 +205,10 @@ def _store(tile, out, res, bias, r0, c0, rows, cols, mode):
 
 
 @jit
-def _bf16_bits(u):
-    if (u & 0x7FFFFFFF) > 0x7F800000:  # NaN: keep it a (quiet) NaN
-        return (u >> 16) | 0x40
-    return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+def _bf16_of(u):
+    """float32 bits -> bf16 bits, round to nearest even; NaN stays a quiet NaN (a select: the loop vectorises)."""
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return (u >> 16) | 0x40 if (u & 0x7FFFFFFF) > 0x7F800000 else rounded
 
 
 @jit
@@ -206,8 +221,8 @@ def _pack_rows(xu, r0, rows, kp, apack):
             base = s * kp * MR + r
             if m < rows:
                 for q in range(kp):
-                    lo = _bf16_bits(np.uint32(xu[r0 + m, 2 * q])) if 2 * q < k else np.uint32(0)
-                    hi = _bf16_bits(np.uint32(xu[r0 + m, 2 * q + 1])) if 2 * q + 1 < k else np.uint32(0)
+                    lo = _bf16_of(np.uint32(xu[r0 + m, 2 * q])) if 2 * q < k else np.uint32(0)
+                    hi = _bf16_of(np.uint32(xu[r0 + m, 2 * q + 1])) if 2 * q + 1 < k else np.uint32(0)
                     apack[base + q * MR] = np.int32(np.uint32(lo | (hi << 16)))
             else:
                 for q in range(kp):
@@ -231,42 +246,70 @@ def _gemm(xu, panels, n, bias, res, out, mode, chunk):
             cols = min(NR, n - p * NR)
             for s in range(nsub):
                 _tile(apack, s * kp * MR, flat, p * kp * NR, kp, tile)
-                _store(tile, out, res, bias, r0 + s * MR, p * NR, min(MR, rows - s * MR), cols, mode)
-
-
-@jit
-def _pack_rows_amx(xu, r0, rows, a):
-    """Rows r0.. of x (uint32 view) -> row-major bf16 (rows padded to 16, K padded), a flat uint16 view."""
-    k = xu.shape[1]
-    kpad = a.size // ((rows + amx.TM - 1) // amx.TM * amx.TM)
-    for r in range(rows):
-        for j in range(k):
-            a[r * kpad + j] = _bf16_bits(np.uint32(xu[r0 + r, j]))
+                _store(tile, NR, out, res, bias, r0 + s * MR, p * NR, min(MR, rows - s * MR), cols, mode)
 
 
 @pjit
-def _gemm_amx(xu, panels, n, bias, res, out, mode, chunk, cfg):
-    m = xu.shape[0]
-    npan, kp = panels.shape[0], panels.shape[1]
-    flat = panels.reshape(-1)
-    tasks = (m + chunk - 1) // chunk
-    for t in prange(tasks):
-        r0 = t * chunk
-        rows = min(chunk, m - r0)
-        nsub = (rows + amx.TM - 1) // amx.TM
-        a = np.zeros(nsub * amx.TM * 2 * kp, np.uint16)
-        tile = np.empty(amx.TM * NR, np.float32)
-        _pack_rows_amx(xu, r0, rows, a)
+def _pack_amx(xu, a, kpad):
+    """x (uint32 view) -> A for the tiles: row-major bf16, rows padded to the block, K to kpad, with zeros."""
+    m, k = xu.shape
+    for r in prange(a.size // kpad):
+        row = a[r * kpad:(r + 1) * kpad]
+        if r < m:
+            src = xu[r]
+            for j in range(k):
+                row[j] = _bf16_of(np.uint32(src[j]))
+            row[k:] = 0
+        else:
+            row[:] = 0
+
+
+@jit
+def _prefetch_block(out, res, r0, c0, rows, mode):
+    """Start the block's output (and residual) lines on their way while the tiles multiply: strided
+    writes to rows far apart miss every cache, and waiting for them cost as much as the products."""
+    n = out.shape[1]
+    last = min(c0 + BC, n) - 1
+    for r in range(r0, r0 + rows):
+        for j in (c0, c0 + 16, last):  # 128 bytes: three lines when the row is not 64-byte aligned
+            amx.prefetch_write(out, r * n + j)
+            if mode == 2:
+                amx.prefetch_write(res, r * n + j)
+
+
+@pjit
+def _gemm_amx(a, lda, m, tiles, n, bias, res, out, mode, mc, groups, cfg, scratch):
+    strips, steps = tiles.shape[0], tiles.shape[1]
+    b = tiles.reshape(-1).view(np.uint8)
+    strip = steps * amx.TILE
+    blocks = strips // amx.CT
+    mchunks = (m + mc - 1) // mc
+    for task in prange(mchunks * groups):  # a chunk of rows (its A stays in L2) x a range of column blocks
+        m0 = (task % mchunks) * mc
+        m1 = min(m, m0 + mc)
+        g = task // mchunks
+        c = scratch[task]
         amx.begin(cfg)
-        for p in range(npan):
-            cols = min(NR, n - p * NR)
-            for s in range(nsub):
-                _amx_tile(a, s * amx.TM * 2 * kp, 4 * kp, flat, p * kp * NR, kp // 16, tile)
-                _store(tile, out, res, bias, r0 + s * amx.TM, p * NR, min(amx.TM, rows - s * amx.TM), cols, mode)
+        for nb in range(g * blocks // groups, (g + 1) * blocks // groups):  # B's block stays in L1/L2 ...
+            c0 = nb * BC
+            for r0 in range(m0, m1, BR):  # ... while the chunk's rows stream past it
+                rows = min(BR, m1 - r0)
+                _prefetch_block(out, res, r0, c0, rows, mode)
+                _block(a, r0 * lda, lda, b, nb * amx.CT * strip, strip, steps, c)
+                if c0 + BC > n:  # the last block of a width that is not a multiple of 32
+                    _store(c, BC, out, res, bias, r0, c0, rows, n - c0, mode)
+                elif mode == amx.BIAS:
+                    _epi_bias(c, out, res, bias, r0, c0, rows)
+                elif mode == amx.GELU:
+                    _epi_gelu(c, out, res, bias, r0, c0, rows)
+                else:
+                    _epi_residual(c, out, res, bias, r0, c0, rows)
         amx.end()
 
 
-_amx_tile = amx.tile_intrinsic("llvm.x86.tdpbf16ps")
+BR, BC = amx.RT * amx.TM, amx.CT * amx.TM  # one AMX block: 32 rows x 32 columns
+_block = amx.block_intrinsic("llvm.x86.tdpbf16ps", amx.RT, amx.CT)
+_epi_bias, _epi_gelu, _epi_residual = (amx.epilogue_f32(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
 _CFG = amx.tile_config()
 
 
@@ -313,14 +356,33 @@ def epilogue(y, bias, residual, out, mode):
     return out
 
 
+def plan(m, row_bytes, blocks):
+    """(rows per task chunk, column groups) for the AMX kernels: a chunk's A (row_bytes per row) fits in
+    L2 beside a block of B; tasks = chunks x groups, a multiple of the thread count."""
+    threads = numba.get_num_threads()
+    rows = -(-m // BR) * BR
+    mc = max(BR, min(rows, L2_ROWS_BYTES // row_bytes // BR * BR))
+    chunks = -(-rows // mc)
+    mc = -(-rows // chunks // BR) * BR  # even chunks
+    return mc, max(1, min(blocks, threads // math.gcd(chunks, threads)))
+
+
+L2_ROWS_BYTES = 1 << 20  # a chunk's A: half of the 2 MiB L2 of this CPU's cores (Emerald Rapids)
+
+
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     """out = bf16(x) @ bf16(w).T + bias, then GELU or + residual; x (M, K) float32 -> (M, N) float32."""
     bias, residual, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
-    if x.shape[0] == 0:
+    m = x.shape[0]
+    if m == 0:
         return out
-    if AMX:
-        _gemm_amx(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode,
-                  chunk_rows(x.shape[0], unit=amx.TM), _CFG)
+    if packed.amx:
+        kpad = packed.panels.shape[1] * 32
+        a = amx.aligned_bytes(-(-m // BR) * BR * kpad * 2)
+        _pack_amx(x.view(np.uint32), a.view(np.uint16), kpad)
+        mc, groups = plan(m, 2 * kpad, packed.panels.shape[0] // amx.CT)
+        _gemm_amx(a, 2 * kpad, m, packed.panels, packed.n, bias, residual, out, mode, mc, groups, _CFG,
+                  amx.scratch(-(-m // mc) * groups, np.float32))
         return out
     if FAST:
         _gemm(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode, chunk_rows(x.shape[0]))

@@ -2,12 +2,14 @@
 
 The contract of kernels/gemm.py (`pack_weight`, `linear`), with int8 weights and activations.
 - pack_weight(w): per-output-channel scale sw[n] = max|w[n, :]| / 127, q = rint(w / sw) in [-127, 127],
-  packed into 48-column panels of int32 lanes holding 4 consecutive k; colsum[n] = sum_k q[n, k].
+  packed into int32 lanes holding 4 consecutive k (AMX tiles of 16 outputs, else 48-column panels);
+  colsum[n] = sum_k q[n, k].
 - linear(x, packed): per-row asymmetric activation scale: s = (max(x, 0) - min(x, 0)) / 255,
   zero point z = rint(-min / s), u = clip(rint(x / s) + z, 0, 255), so x ~ s * (u - z). Asymmetric
   (rather than u = q + 128) because post-GELU rows are one-sided: it doubles their resolution.
   acc = sum_k u * q exactly in int32 (|acc - z * colsum| <= 2 * 255 * 127 * K < 2^31: weights wider than
-  33000 inputs are refused), then out = s * sw[n] * (acc - z * colsum[n]) + bias. AMX (kernels/amx.py)
+  33000 inputs are refused), then out = s * sw[n] * (acc - z * colsum[n]) + bias in double precision.
+  AMX (kernels/amx.py, as in gemm_bf16: activations quantised in one parallel pass, 32 x 32 blocks)
   where the CPU has it, else AVX512-VNNI 8x48 register tiles.
 Where the CPU (or Numba's target) lacks AVX512-VNNI, the same integers are multiplied by NumPy's
 float64 BLAS, exact for these sizes: the same numbers, slower than fp32. `FAST` says which path runs.
@@ -21,7 +23,7 @@ from numba import prange
 
 from . import amx, gemm
 from ._jit import jit, pjit
-from .gemm_bf16 import MR, NR, check_call, chunk_rows, cpu_has, epilogue, gelu_value, tile_intrinsic
+from .gemm_bf16 import BC, BR, MR, NR, _prefetch_block, check_call, chunk_rows, cpu_has, epilogue, gelu_value, lanes_of, plan, tile_intrinsic
 
 AMX = amx.available(cpu_has, "amx-int8")
 FAST = AMX or cpu_has("avx512vnni")
@@ -29,11 +31,12 @@ INSTRUCTION = "tdpbusd (AMX)" if AMX else "vpdpbusd"  # what FAST runs; the fall
 
 
 class PackedInt8(NamedTuple):
-    panels: np.ndarray  # (ceil(N/48), K/4 padded to 16, 48) int32: 4 s8 per lane, zero-padded
+    panels: np.ndarray  # AVX-512: (ceil(N/48), K/4 padded to 16, 48) int32, 4 s8 per lane; AMX: amx.pack_strips
     scale: np.ndarray  # (N,) float64: per-output-channel weight scale
     colsum: np.ndarray  # (N,) int32: sum_k q[n, k], for the activations' zero point
     n: int
     k: int
+    amx: bool = False  # panels are AMX tiles: (ceil(N/32) * 2 strips, K/64, 16, 16) int32, zero-padded
 
 
 def quantize_weight(w):
@@ -53,18 +56,21 @@ def pack_weight(w):
     if k > 33000:
         raise ValueError(f"{k} inputs: the int32 sums could overflow beyond 33000")
     q, scale = quantize_weight(w)
-    npan, kq = -(-n // NR), -(-k // 64) * 16  # K padded to one AMX tile depth: 64 bytes = 16 lanes
-    padded = np.zeros((npan * NR, 4 * kq), np.int8)
+    width = BC if AMX else NR  # AMX: whole 32-column blocks; AVX-512: 48-column panels
+    npan, kq = -(-n // width), -(-k // 64) * 16  # K padded to one AMX tile depth: 64 bytes = 16 lanes
+    padded = np.zeros((npan * width, 4 * kq), np.int8)
     padded[:n, :k] = q
     lanes = padded.view(np.int32)  # (N', K/4): bytes k..k+3 of one lane, little-endian like vpdpbusd reads them
+    colsum = q.sum(axis=1, dtype=np.int32)
+    if AMX:
+        return PackedInt8(amx.pack_strips(lanes, npan * amx.CT), scale, colsum, n, k, True)
     panels = np.ascontiguousarray(lanes.reshape(npan, NR, kq).transpose(0, 2, 1))
-    return PackedInt8(panels, scale, q.sum(axis=1, dtype=np.int32), n, k)
+    return PackedInt8(panels, scale, colsum, n, k)
 
 
 def unpack_weight(packed):
     """The int8 weight (N, K) as stored (without its scale)."""
-    lanes = np.ascontiguousarray(packed.panels.transpose(0, 2, 1)).reshape(-1, packed.panels.shape[1])
-    return lanes.view(np.int8)[:packed.n, :packed.k]
+    return np.ascontiguousarray(lanes_of(packed)).view(np.int8)[:packed.n, :packed.k]
 
 
 @jit
@@ -120,23 +126,11 @@ def _quantize(v, scale, zp):
 
 
 @jit
-def _pack_rows_amx(x, r0, rows, a, sz):
-    """Rows r0.. of x -> row-major u8 (rows padded to 16, K padded), flat; sz[i] = (scale, zero point)."""
-    k = x.shape[1]
-    kpad = a.size // ((rows + amx.TM - 1) // amx.TM * amx.TM)
-    for r in range(rows):
-        scale, zp = _row_scale(x, r0 + r)
-        sz[r, 0], sz[r, 1] = scale, zp
-        for j in range(k):
-            a[r * kpad + j] = _quantize(x[r0 + r, j], scale, zp)
-
-
-@jit
-def _store(tile, sz, out, res, bias, scale, colsum, r0, c0, rows, cols, mode):
+def _store(tile, stride, sz, out, res, bias, scale, colsum, r0, c0, rows, cols, mode):
     """out = s * sw * (acc - z * colsum) + bias, then GELU (mode 1) or + residual (mode 2); sz from row r0."""
     for r in range(rows):
         s, zp = sz[r, 0], np.int32(sz[r, 1])
-        t, o, e = tile[r * NR:r * NR + cols], out[r0 + r, c0:c0 + cols], res[r0 + r, c0:c0 + cols]
+        t, o, e = tile[r * stride:r * stride + cols], out[r0 + r, c0:c0 + cols], res[r0 + r, c0:c0 + cols]
         sw, cs, b = scale[c0:c0 + cols], colsum[c0:c0 + cols], bias[c0:c0 + cols]
         # |acc - z * colsum| <= 2 * 255 * 127 * K: exact in int32 for K up to 33000
         if mode == 0:
@@ -172,35 +166,82 @@ def _gemm(x, panels, scale, colsum, n, bias, res, out, mode, chunk):
             cols = min(NR, n - p * NR)
             for s in range(nsub):
                 _tile(apack, s * kq * MR, flat, p * kq * NR, kq, tile)
-                _store(tile, sz[s * MR:], out, res, bias, scale, colsum, r0 + s * MR, p * NR,
+                _store(tile, NR, sz[s * MR:], out, res, bias, scale, colsum, r0 + s * MR, p * NR,
                        min(MR, rows - s * MR), cols, mode)
 
 
+@jit
+def _order_key(u):
+    """float32 bits -> an int whose order is the floats' (an integer min/max vectorises; a float one does not)."""
+    i = np.int64(np.int32(u))
+    return i ^ ((i >> 31) & 0x7FFFFFFF)
+
+
 @pjit
-def _gemm_amx(x, panels, scale, colsum, n, bias, res, out, mode, chunk, cfg):
-    m = x.shape[0]
-    npan, kq = panels.shape[0], panels.shape[1]
-    flat = panels.reshape(-1)
-    tasks = (m + chunk - 1) // chunk
-    for t in prange(tasks):
-        r0 = t * chunk
-        rows = min(chunk, m - r0)
-        nsub = (rows + amx.TM - 1) // amx.TM
-        a = np.zeros(nsub * amx.TM * 4 * kq, np.uint8)
-        sz = np.empty((rows, 2), np.float64)
-        tile = np.empty(amx.TM * NR, np.int32)
-        _pack_rows_amx(x, r0, rows, a, sz)
+def _pack_amx(x, a, kpad, sz, bad):
+    """x -> A for the tiles: row-major u8 (rows padded to the block, K to kpad, with zeros); sz[r] = (scale,
+    zero point); bad[r] = 1 where row r holds NaN or inf (it is packed as zeros)."""
+    m, k = x.shape
+    xu = x.view(np.uint32)
+    for r in prange(a.size // kpad):
+        row = a[r * kpad:(r + 1) * kpad]
+        row[:] = 0
+        if r >= m:
+            continue
+        lo, hi = 0, 0
+        for j in range(k):
+            key = _order_key(xu[r, j])
+            lo = min(lo, key)
+            hi = max(hi, key)
+        ends = np.array([lo ^ ((lo >> 31) & 0x7FFFFFFF), hi ^ ((hi >> 31) & 0x7FFFFFFF)], np.int64)
+        lo_v, hi_v = ends.astype(np.int32).view(np.float32)  # min(x, 0) and max(x, 0), exactly
+        if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
+            bad[r], sz[r, 0], sz[r, 1] = 1, 1.0, 0.0
+            continue
+        bad[r] = 0
+        s = (np.float64(hi_v) - np.float64(lo_v)) / 255.0
+        if not s > 0.0 or s == np.inf:  # an all-zero row
+            s = 1.0
+        zp = np.rint(-np.float64(lo_v) / s)
+        sz[r, 0], sz[r, 1] = s, zp
+        inv = 1.0 / s
+        src = x[r]
+        for j in range(k):
+            row[j] = np.uint8(min(max(np.rint(np.float64(src[j]) * inv) + zp, 0.0), 255.0))
+
+
+@pjit
+def _gemm_amx(a, lda, m, tiles, sz, scale, colsum, n, bias, res, out, mode, mc, groups, cfg, scratch):
+    strips, steps = tiles.shape[0], tiles.shape[1]
+    b = tiles.reshape(-1).view(np.uint8)
+    strip = steps * amx.TILE
+    blocks = strips // amx.CT
+    mchunks = (m + mc - 1) // mc
+    for task in prange(mchunks * groups):  # as gemm_bf16._gemm_amx
+        m0 = (task % mchunks) * mc
+        m1 = min(m, m0 + mc)
+        g = task // mchunks
+        c = scratch[task]
         amx.begin(cfg)
-        for p in range(npan):
-            cols = min(NR, n - p * NR)
-            for s in range(nsub):
-                _amx_tile(a, s * amx.TM * 4 * kq, 4 * kq, flat, p * kq * NR, kq // 16, tile)
-                _store(tile, sz[s * amx.TM:], out, res, bias, scale, colsum, r0 + s * amx.TM, p * NR,
-                       min(amx.TM, rows - s * amx.TM), cols, mode)
+        for nb in range(g * blocks // groups, (g + 1) * blocks // groups):
+            c0 = nb * BC
+            for r0 in range(m0, m1, BR):
+                rows = min(BR, m1 - r0)
+                _prefetch_block(out, res, r0, c0, rows, mode)
+                _block(a, r0 * lda, lda, b, nb * amx.CT * strip, strip, steps, c)
+                if c0 + BC > n:  # the last block of a width that is not a multiple of 32
+                    _store(c, BC, sz[r0:], out, res, bias, scale, colsum, r0, c0, rows, n - c0, mode)
+                elif mode == amx.BIAS:
+                    _epi_bias(c, sz, scale, colsum, out, res, bias, r0, c0, rows)
+                elif mode == amx.GELU:
+                    _epi_gelu(c, sz, scale, colsum, out, res, bias, r0, c0, rows)
+                else:
+                    _epi_residual(c, sz, scale, colsum, out, res, bias, r0, c0, rows)
         amx.end()
 
 
-_amx_tile = amx.tile_intrinsic("llvm.x86.tdpbusd")
+_block = amx.block_intrinsic("llvm.x86.tdpbusd", amx.RT, amx.CT)
+_epi_bias, _epi_gelu, _epi_residual = (amx.epilogue_int8(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
 _CFG = amx.tile_config()
 
 
@@ -212,7 +253,19 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     if not isinstance(packed, PackedInt8):
         return gemm.linear(x, packed, bias, gelu=gelu, residual=residual, out=out)
     bias, res, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
-    if x.shape[0] == 0:
+    m = x.shape[0]
+    if m == 0:
+        return out
+    if packed.amx:
+        kpad = packed.panels.shape[1] * 64
+        a = amx.aligned_bytes(-(-m // BR) * BR * kpad)
+        sz, bad = np.empty((m, 2), np.float64), np.empty(m, np.uint8)
+        _pack_amx(x, a, kpad, sz, bad)
+        mc, groups = plan(m, kpad, packed.panels.shape[0] // amx.CT)
+        _gemm_amx(a, kpad, m, packed.panels, sz, packed.scale, packed.colsum, packed.n, bias, res, out, mode,
+                  mc, groups, _CFG, amx.scratch(-(-m // mc) * groups, np.int32))
+        if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
+            out[bad.view(np.bool_)] = np.nan
         return out
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
@@ -220,10 +273,6 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         out[bad] = np.nan
         return out
     residual = res
-    if AMX:
-        _gemm_amx(x, packed.panels, packed.scale, packed.colsum, packed.n, bias, residual, out, mode,
-                  chunk_rows(x.shape[0], unit=amx.TM), _CFG)
-        return out
     if FAST:
         _gemm(x, packed.panels, packed.scale, packed.colsum, packed.n, bias, residual, out, mode,
               chunk_rows(x.shape[0]))

@@ -18,8 +18,9 @@ from npvitpose.model import Config, random_weights, save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 rng = np.random.default_rng(8)
-# (M, K, N): tails of every blocking (8 rows, 48 columns, 2 or 4 inputs per lane) and one ViT-S shape
-SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 50), (20, 66, 97), (192, 384, 1152)]
+# (M, K, N): tails of every blocking (8 or 32 rows, 48 or 32 columns, 2 or 4 inputs per lane), one ViT-S shape and
+# one whose rows take two AMX chunks (kernels/gemm_bf16.plan)
+SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 50), (20, 66, 97), (192, 384, 1152), (330, 3072, 40)]
 
 
 @pytest.fixture(params=["amx", "avx512"])
