@@ -8,9 +8,9 @@ all agree, and nothing here is compiled otherwise (compiling for a CPU without A
 
 A block of RT x CT tiles (2 x 2: 4 accumulators, 2 A and 2 B tiles, one tile load per multiply) keeps its
 accumulators in tile registers over the whole of K. Layouts:
-- A: row-major, 64 bytes of K per tile row (32 bf16 or 64 u8), row stride `lda` bytes, 64-byte aligned;
-- B: strips of 16 output columns, each (K / 64 bytes) tiles of 16 x 64 bytes stored one after the other
-  (`pack_strips`): a tile load reads 1 KiB in order;
+- A and B: strips of 16 rows (A: 16 rows of x; B: 16 output columns), each (K / 64 bytes) tiles of
+  16 x 64 bytes (32 bf16 or 64 u8 of K per tile row) one after the other (`pack_strips`), 64-byte
+  aligned: every tile load reads 1 KiB in order, the A and B streams run sequentially through memory;
 - C: RT*16 rows x CT*16 columns of fp32 / int32 into a scratch block, row stride CT * 64 bytes.
 """
 
@@ -104,18 +104,19 @@ def end(typingctx):
 
 
 def block_intrinsic(dot, rt, ct):
-    """block(a, a_off, lda, b, b_off, strip, steps, c): C[rt*16, ct*16] = A[rt*16 rows, steps*64 bytes] . B.
+    """block(a, a_off, b, b_off, strip, steps, c): C[rt*16, ct*16] = A[rt*16 rows, steps*64 bytes] . B[.., ct*16].
 
-    a_off: bytes into a (uint8); b_off: bytes into b (uint8) of the first strip's first tile, `strip` bytes
-    between strips; C tiles in tmm0.., then the A tiles, then the B tiles (rt * ct + rt + ct <= 8).
+    A and B in strips of tiles (`pack_strips`; A's rows packed the same way per call): tile k of a strip
+    at +k*TILE bytes, strips `strip` bytes apart; a_off, b_off: bytes (into uint8 arrays) of the first
+    strips' first tiles. C tiles in tmm0.., then the A tiles, then the B tiles (rt * ct + rt + ct <= 8).
     """
     assert rt * ct + rt + ct <= 8
 
     @intrinsic
-    def block(typingctx, a, a_off, lda, b, b_off, strip, steps, c):
+    def block(typingctx, a, a_off, b, b_off, strip, steps, c):
         def codegen(context, builder, signature, args):
-            ta, _, _, tb, _, _, _, tc = signature.args
-            a_v, a_off_v, lda_v, b_v, b_off_v, strip_v, steps_v, c_v = args
+            ta, _, tb, _, _, _, tc = signature.args
+            a_v, a_off_v, b_v, b_off_v, strip_v, steps_v, c_v = args
             m = builder.module
             zero = _declare(m, "llvm.x86.tilezero", [_i8])
             load = _declare(m, "llvm.x86.tileloadd64", [_i8, _p8, _i64])
@@ -125,8 +126,9 @@ def block_intrinsic(dot, rt, ct):
             tc_, ta_, tb_ = t[:rt * ct], t[rt * ct:rt * ct + rt], t[rt * ct + rt:rt * ct + rt + ct]
             a_ptr = _pointer(context, builder, ta, a_v, a_off_v)
             b_ptr = _pointer(context, builder, tb, b_v, b_off_v)
-            a_rows = [builder.gep(a_ptr, [builder.mul(lda_v, ir.Constant(_i64, TM * i))]) for i in range(rt)]
+            a_rows = [builder.gep(a_ptr, [builder.mul(strip_v, ir.Constant(_i64, i))]) for i in range(rt)]
             b_cols = [builder.gep(b_ptr, [builder.mul(strip_v, ir.Constant(_i64, j))]) for j in range(ct)]
+            row = ir.Constant(_i64, DEPTH)
             for tile in tc_:
                 builder.call(zero, [tile])
             entry = builder.block
@@ -136,11 +138,11 @@ def block_intrinsic(dot, rt, ct):
             builder.position_at_end(loop)
             k = builder.phi(_i64)
             k.add_incoming(ir.Constant(_i64, 0), entry)
-            a_k, b_k = builder.mul(k, ir.Constant(_i64, DEPTH)), builder.mul(k, ir.Constant(_i64, TILE))
+            at = builder.mul(k, ir.Constant(_i64, TILE))
             for i in range(rt):
-                builder.call(load, [ta_[i], builder.gep(a_rows[i], [a_k]), lda_v])
+                builder.call(load, [ta_[i], builder.gep(a_rows[i], [at]), row])
             for j in range(ct):
-                builder.call(load, [tb_[j], builder.gep(b_cols[j], [b_k]), ir.Constant(_i64, DEPTH)])
+                builder.call(load, [tb_[j], builder.gep(b_cols[j], [at]), row])
             for i in range(rt):
                 for j in range(ct):
                     builder.call(mul, [tc_[i * ct + j], ta_[i], tb_[j]])
@@ -156,7 +158,7 @@ def block_intrinsic(dot, rt, ct):
                                          ir.Constant(_i64, ldc)])
             return context.get_dummy_value()
 
-        return types.void(a, a_off, lda, b, b_off, strip, steps, c), codegen
+        return types.void(a, a_off, b, b_off, strip, steps, c), codegen
 
     return block
 

@@ -250,18 +250,22 @@ def _gemm(xu, panels, n, bias, res, out, mode, chunk):
 
 
 @pjit
-def _pack_amx(xu, a, kpad):
-    """x (uint32 view) -> A for the tiles: row-major bf16, rows padded to the block, K to kpad, with zeros."""
+def _pack_amx(xu, a, steps):
+    """x (uint32 view) -> A for the tiles: bf16 in strips of 16 rows (amx.pack_strips' layout), rows
+    padded to the block and K to steps * 32 with zeros."""
     m, k = xu.shape
-    for r in prange(a.size // kpad):
-        row = a[r * kpad:(r + 1) * kpad]
-        if r < m:
-            src = xu[r]
-            for j in range(k):
-                row[j] = _bf16_of(np.uint32(src[j]))
-            row[k:] = 0
-        else:
-            row[:] = 0
+    for r in prange(a.size // (steps * 32)):
+        base = (r // amx.TM) * steps * 512 + (r % amx.TM) * 32  # 512 bf16 a tile, 32 a tile row
+        for s in range(steps):
+            dst = a[base + s * 512:base + s * 512 + 32]
+            j0 = s * 32
+            if r < m and j0 + 32 <= k:
+                src = xu[r, j0:j0 + 32]
+                for j in range(32):
+                    dst[j] = _bf16_of(np.uint32(src[j]))
+            else:  # the padding
+                for j in range(32):
+                    dst[j] = _bf16_of(np.uint32(xu[r, j0 + j])) if r < m and j0 + j < k else 0
 
 
 @jit
@@ -278,7 +282,7 @@ def _prefetch_block(out, res, r0, c0, rows, mode):
 
 
 @pjit
-def _gemm_amx(a, lda, m, tiles, n, bias, res, out, mode, mc, groups, cfg, scratch):
+def _gemm_amx(a, m, tiles, n, bias, res, out, mode, mc, groups, cfg, scratch):
     strips, steps = tiles.shape[0], tiles.shape[1]
     b = tiles.reshape(-1).view(np.uint8)
     strip = steps * amx.TILE
@@ -295,7 +299,7 @@ def _gemm_amx(a, lda, m, tiles, n, bias, res, out, mode, mc, groups, cfg, scratc
             for r0 in range(m0, m1, BR):  # ... while the chunk's rows stream past it
                 rows = min(BR, m1 - r0)
                 _prefetch_block(out, res, r0, c0, rows, mode)
-                _block(a, r0 * lda, lda, b, nb * amx.CT * strip, strip, steps, c)
+                _block(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c)
                 if c0 + BC > n:  # the last block of a width that is not a multiple of 32
                     _store(c, BC, out, res, bias, r0, c0, rows, n - c0, mode)
                 elif mode == amx.BIAS:
@@ -377,11 +381,11 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     if m == 0:
         return out
     if packed.amx:
-        kpad = packed.panels.shape[1] * 32
-        a = amx.aligned_bytes(-(-m // BR) * BR * kpad * 2)
-        _pack_amx(x.view(np.uint32), a.view(np.uint16), kpad)
-        mc, groups = plan(m, 2 * kpad, packed.panels.shape[0] // amx.CT)
-        _gemm_amx(a, 2 * kpad, m, packed.panels, packed.n, bias, residual, out, mode, mc, groups, _CFG,
+        steps = packed.panels.shape[1]
+        a = amx.aligned_bytes(-(-m // BR) * BR * steps * amx.DEPTH)
+        _pack_amx(x.view(np.uint32), a.view(np.uint16), steps)
+        mc, groups = plan(m, steps * amx.DEPTH, packed.panels.shape[0] // amx.CT)
+        _gemm_amx(a, m, packed.panels, packed.n, bias, residual, out, mode, mc, groups, _CFG,
                   amx.scratch(-(-m // mc) * groups, np.float32))
         return out
     if FAST:

@@ -178,14 +178,16 @@ def _order_key(u):
 
 
 @pjit
-def _pack_amx(x, a, kpad, sz, bad):
-    """x -> A for the tiles: row-major u8 (rows padded to the block, K to kpad, with zeros); sz[r] = (scale,
-    zero point); bad[r] = 1 where row r holds NaN or inf (it is packed as zeros)."""
+def _pack_amx(x, a, steps, sz, bad):
+    """x -> A for the tiles: u8 in strips of 16 rows (amx.pack_strips' layout), rows padded to the block and
+    K to steps * 64 with zeros; sz[r] = (scale, zero point); bad[r] = 1 where row r holds NaN or inf (it is
+    packed as zeros)."""
     m, k = x.shape
     xu = x.view(np.uint32)
-    for r in prange(a.size // kpad):
-        row = a[r * kpad:(r + 1) * kpad]
-        row[:] = 0
+    for r in prange(a.size // (steps * amx.DEPTH)):
+        base = (r // amx.TM) * steps * amx.TILE + (r % amx.TM) * amx.DEPTH
+        for t in range(steps):
+            a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH] = 0
         if r >= m:
             continue
         lo, hi = 0, 0
@@ -205,13 +207,15 @@ def _pack_amx(x, a, kpad, sz, bad):
         zp = np.rint(-np.float64(lo_v) / s)
         sz[r, 0], sz[r, 1] = s, zp
         inv = 1.0 / s
-        src = x[r]
-        for j in range(k):
-            row[j] = np.uint8(min(max(np.rint(np.float64(src[j]) * inv) + zp, 0.0), 255.0))
+        for t in range(steps):
+            j0 = t * amx.DEPTH
+            dst, src = a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH], x[r, j0:min(k, j0 + amx.DEPTH)]
+            for j in range(src.size):
+                dst[j] = np.uint8(min(max(np.rint(np.float64(src[j]) * inv) + zp, 0.0), 255.0))
 
 
 @pjit
-def _gemm_amx(a, lda, m, tiles, sz, scale, colsum, n, bias, res, out, mode, mc, groups, cfg, scratch):
+def _gemm_amx(a, m, tiles, sz, scale, colsum, n, bias, res, out, mode, mc, groups, cfg, scratch):
     strips, steps = tiles.shape[0], tiles.shape[1]
     b = tiles.reshape(-1).view(np.uint8)
     strip = steps * amx.TILE
@@ -228,7 +232,7 @@ def _gemm_amx(a, lda, m, tiles, sz, scale, colsum, n, bias, res, out, mode, mc, 
             for r0 in range(m0, m1, BR):
                 rows = min(BR, m1 - r0)
                 _prefetch_block(out, res, r0, c0, rows, mode)
-                _block(a, r0 * lda, lda, b, nb * amx.CT * strip, strip, steps, c)
+                _block(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c)
                 if c0 + BC > n:  # the last block of a width that is not a multiple of 32
                     _store(c, BC, sz[r0:], out, res, bias, scale, colsum, r0, c0, rows, n - c0, mode)
                 elif mode == amx.BIAS:
@@ -257,12 +261,12 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     if m == 0:
         return out
     if packed.amx:
-        kpad = packed.panels.shape[1] * 64
-        a = amx.aligned_bytes(-(-m // BR) * BR * kpad)
+        steps = packed.panels.shape[1]
+        a = amx.aligned_bytes(-(-m // BR) * BR * steps * amx.DEPTH)
         sz, bad = np.empty((m, 2), np.float64), np.empty(m, np.uint8)
-        _pack_amx(x, a, kpad, sz, bad)
-        mc, groups = plan(m, kpad, packed.panels.shape[0] // amx.CT)
-        _gemm_amx(a, kpad, m, packed.panels, sz, packed.scale, packed.colsum, packed.n, bias, res, out, mode,
+        _pack_amx(x, a, steps, sz, bad)
+        mc, groups = plan(m, steps * amx.DEPTH, packed.panels.shape[0] // amx.CT)
+        _gemm_amx(a, m, packed.panels, sz, packed.scale, packed.colsum, packed.n, bias, res, out, mode,
                   mc, groups, _CFG, amx.scratch(-(-m // mc) * groups, np.int32))
         if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
             out[bad.view(np.bool_)] = np.nan
