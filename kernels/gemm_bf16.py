@@ -374,6 +374,14 @@ def plan(m, row_bytes, blocks):
 L2_ROWS_BYTES = 1 << 20  # a chunk's A: half of the 2 MiB L2 of this CPU's cores (Emerald Rapids)
 
 
+def amx_buffers(m, packed, acc_type):
+    """(K steps, the A buffer, rows per chunk, column groups, C scratch) of one AMX call on m rows."""
+    steps = packed.panels.shape[1]
+    mc, groups = plan(m, steps * amx.DEPTH, packed.panels.shape[0] // amx.CT)
+    return (steps, amx.aligned_bytes(-(-m // BR) * BR * steps * amx.DEPTH), mc, groups,
+            amx.scratch(-(-m // mc) * groups, acc_type))
+
+
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     """out = bf16(x) @ bf16(w).T + bias, then GELU or + residual; x (M, K) float32 -> (M, N) float32."""
     bias, residual, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
@@ -381,12 +389,9 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     if m == 0:
         return out
     if packed.amx:
-        steps = packed.panels.shape[1]
-        a = amx.aligned_bytes(-(-m // BR) * BR * steps * amx.DEPTH)
+        steps, a, mc, groups, scratch = amx_buffers(m, packed, np.float32)
         _pack_amx(x.view(np.uint32), a.view(np.uint16), steps)
-        mc, groups = plan(m, steps * amx.DEPTH, packed.panels.shape[0] // amx.CT)
-        _gemm_amx(a, m, packed.panels, packed.n, bias, residual, out, mode, mc, groups, _CFG,
-                  amx.scratch(-(-m // mc) * groups, np.float32))
+        _gemm_amx(a, m, packed.panels, packed.n, bias, residual, out, mode, mc, groups, _CFG, scratch)
         return out
     if FAST:
         _gemm(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode, chunk_rows(x.shape[0]))

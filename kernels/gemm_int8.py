@@ -23,7 +23,8 @@ from numba import prange
 
 from . import amx, gemm
 from ._jit import jit, pjit
-from .gemm_bf16 import BC, BR, MR, NR, _prefetch_block, check_call, chunk_rows, cpu_has, epilogue, gelu_value, lanes_of, plan, tile_intrinsic
+from .gemm_bf16 import (BC, BR, MR, NR, _prefetch_block, amx_buffers, check_call, chunk_rows, cpu_has, epilogue, gelu_value,
+                        lanes_of, tile_intrinsic)
 
 AMX = amx.available(cpu_has, "amx-int8")
 FAST = AMX or cpu_has("avx512vnni")
@@ -261,13 +262,11 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     if m == 0:
         return out
     if packed.amx:
-        steps = packed.panels.shape[1]
-        a = amx.aligned_bytes(-(-m // BR) * BR * steps * amx.DEPTH)
+        steps, a, mc, groups, scratch = amx_buffers(m, packed, np.int32)
         sz, bad = np.empty((m, 2), np.float64), np.empty(m, np.uint8)
         _pack_amx(x, a, steps, sz, bad)
-        mc, groups = plan(m, steps * amx.DEPTH, packed.panels.shape[0] // amx.CT)
         _gemm_amx(a, m, packed.panels, sz, packed.scale, packed.colsum, packed.n, bias, res, out, mode,
-                  mc, groups, _CFG, amx.scratch(-(-m // mc) * groups, np.int32))
+                  mc, groups, _CFG, scratch)
         if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
             out[bad.view(np.bool_)] = np.nan
         return out
