@@ -259,9 +259,10 @@ def _upsample4_conv3x3(z, bias, out):
 
 
 def conv3x3_weight(weight):
-    """Conv2d weight (K, C, 3, 3) -> packed (9*K, C) operand of gemm.linear, rows taps row-major then keypoints."""
+    """Conv2d weight (K, C, 3, 3) -> GEMM operand (C, 9*K), taps row-major then keypoints, for BLAS: with
+    N = 9K = 153 the micro-kernel measured 1.2-1.6x slower (tools/bench_head.py)."""
     k, c, _, _ = weight.shape
-    return gemm.pack_weight(np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(9 * k, c), dtype=np.float32))
+    return np.ascontiguousarray(weight.transpose(1, 2, 3, 0).reshape(c, 9 * k), dtype=np.float32)
 
 
 def upsample4_conv3x3(z, bias):

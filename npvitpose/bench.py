@@ -168,7 +168,7 @@ def gemm_roofline(model, batch, repeats=3):
         products.append((model._final_w, False))
         rows.append(16 * m)
     else:
-        products.append(random(model._final_w))
+        products.append((model._final_w, False))
         rows.append(m)
     operands = []
     for (weight, transposed), r in zip(products, rows):

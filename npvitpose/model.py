@@ -202,7 +202,7 @@ class Model:
             taps["head.upsampled"] = upsample4(np.ascontiguousarray(f), relu=True).transpose(0, 3, 1, 2).copy()
         # spec 2.2 reordered: the 3x3 conv's channel mix commutes with the per-channel bilinear x4,
         # so project the 16x12 map to 9 taps x K first and upsample those (16x fewer FLOPs)
-        z = gemm.linear(np.maximum(f, 0).reshape(b * n, cfg.dim), self._final_w)  # (B*N, 9K)
+        z = np.maximum(f, 0).reshape(b * n, cfg.dim) @ self._final_w  # (B*N, 9K)
         return upsample4_conv3x3(z.reshape(b, hp, wp, 9, k), w["keypoint_head.final_layer.bias"])  # (B, K, 64, 48)
 
     def __call__(self, image, boxes=None, box_format="xywh", color="rgb", **kwargs):

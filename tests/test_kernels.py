@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import twins
-from npvitpose.kernels import attention, gemm, head, layernorm, mlp, patch_embed
+from npvitpose.kernels import attention, head, layernorm, mlp, patch_embed
 
 rng = np.random.default_rng(1234)
 
@@ -125,7 +125,7 @@ def test_upsample(b, h, w, c):
 def test_simple_head(b, h, w, c, k):
     # ReLU, bilinear x4, 3x3 conv (spec 2.2), computed as channel mix first, then upsample4_conv3x3
     x, weight, bias = f32(b, h, w, c), f32(k, c, 3, 3, scale=0.05), f32(k)
-    z = gemm.linear(np.maximum(x, 0).reshape(-1, c), head.conv3x3_weight(weight)).reshape(b, h, w, 9, k)
+    z = (np.maximum(x, 0).reshape(-1, c) @ head.conv3x3_weight(weight)).reshape(b, h, w, 9, k)
     want = twins.conv2d(twins.upsample_bilinear(np.maximum(x, 0).transpose(0, 3, 1, 2).astype(np.float64)),
                         weight, bias)
     assert rel_err(head.upsample4_conv3x3(z, bias), want) < 1e-5

@@ -59,9 +59,9 @@ def stages(batch, rng):
     yield f"final 1x1 {DECONV}->17", {"blas": lambda: f @ wt, "own": lambda: gemm.linear(f, packed)}
     f = np.maximum(rng.standard_normal((batch * 192, c), dtype=np.float32), 0)
     weight = rng.standard_normal((17, c, 3, 3), dtype=np.float32) * 0.02
-    own = head.conv3x3_weight(weight)
-    plain = blas(own, np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(9 * 17, c)))
-    yield f"simple head {c}->9x17", {"own": lambda: gemm.linear(f, own), "blas": lambda: gemm.linear(f, plain)}
+    wt = head.conv3x3_weight(weight)  # (C, 9K) for BLAS; its transpose is the (N, K) form the micro-kernel packs
+    packed = gemm.pack_weight(np.ascontiguousarray(wt.T))
+    yield f"simple head {c}->9x17", {"blas": lambda: f @ wt, "own": lambda: gemm.linear(f, packed)}
 
 
 def main(argv=None):
