@@ -1,7 +1,8 @@
 """Heatmap-head kernels, channels-last (B, H, W, C) throughout (spec 2).
 
 Classic: transposed conv 4x4 / stride 2 / padding 1 on gemm.linear (the own fp32 micro-kernel) plus a
-gather into the output, batchnorm (eval) folded or applied, ReLU. Simple: ReLU + bilinear x4 (align_corners=False) + 3x3 conv.
+gather into the output, batchnorm (eval) folded or applied, ReLU; then a 1x1 conv (BLAS, in model.py).
+Simple: ReLU + bilinear x4 (align_corners=False) + 3x3 conv. docs/head.md: which product runs where.
 """
 
 from typing import NamedTuple
@@ -104,9 +105,9 @@ def deconv_weight(weight, windows=None):
     """ConvTranspose2d weight (Cin, Cout, 4, 4) (spec 2.1 trap 7) -> Deconv for deconv4x4s2.
 
     windows=None chooses by shape: the window form does (H+1)(W+1)/(HW) more arithmetic (+7% for
-    ViTPose's 32x24 -> 64x48, +15% for 16x12 -> 32x24) but writes a quarter of the output's size
-    per pixel where the tap form writes 16 Cout columns per input pixel and reads them back; measured
-    (tools/bench_head.py), windows win where Cin <= Cout (the second deconv) and lose at Cin 768."""
+    ViTPose's 32x24 -> 64x48, +15% for 16x12 -> 32x24), but its product writes about the output's size
+    where the tap form's writes 4x it (16 Cout per input pixel) for col2im to read back. Measured
+    (docs/head.md): windows win where Cin <= Cout (the second deconv) and lose at Cin 768."""
     cin, cout = weight.shape[:2]
     windows = cin <= cout if windows is None else windows
     return Deconv(gemm.pack_weight(deconv_rows(weight, windows)), cout, windows)
@@ -260,7 +261,7 @@ def _upsample4_conv3x3(z, bias, out):
 
 def conv3x3_weight(weight):
     """Conv2d weight (K, C, 3, 3) -> GEMM operand (C, 9*K), taps row-major then keypoints, for BLAS: with
-    N = 9K = 153 the micro-kernel measured 1.2-1.6x slower (tools/bench_head.py)."""
+    N = 9K = 153 the micro-kernel measured 1.4-3.5x slower (docs/head.md)."""
     k, c, _, _ = weight.shape
     return np.ascontiguousarray(weight.transpose(1, 2, 3, 0).reshape(c, 9 * k), dtype=np.float32)
 

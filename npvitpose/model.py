@@ -134,7 +134,7 @@ class Model:
                 wt, b = fold_batchnorm(w[f"keypoint_head.deconv_layers.{layer}.weight"], w[bn + "running_mean"],
                                        w[bn + "running_var"], w[bn + "weight"], w[bn + "bias"])
                 self._deconv.append((deconv_weight(wt), b))
-            # (256, K) for BLAS: with K = 17 columns the micro-kernel's 48-wide panels measured 2-3x slower
+            # (256, K) for BLAS: at K = 17 columns the micro-kernel's 48-wide panels were 1.2-3.3x slower (docs/head.md)
             self._final_w = np.ascontiguousarray(w["keypoint_head.final_layer.weight"][:, :, 0, 0].T)
         else:
             self._final_w = conv3x3_weight(w["keypoint_head.final_layer.weight"])
