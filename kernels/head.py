@@ -14,7 +14,6 @@ from . import gemm
 from ._jit import jit, pjit
 
 
-
 @pjit
 def _col2im_s2(cols, h, w, cout, bias, relu, out):
     # spec 2.1: out[o] += in[i] * W[k] with o = 2i - 1 + k. Stride 2 splits the taps by parity: an even
