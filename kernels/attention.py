@@ -3,7 +3,10 @@
 import math
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import gemm
 from ._jit import jit, pjit
@@ -143,55 +146,270 @@ def _attention(qkv, bias, n, heads, out):
                     out[r0 + i0 + x, q0 + d] = o[x, d] * inv[x]
 
 
-# where the CPU has vector micro-kernels (kernels/gemm.py), both products run on them: scores on the GEMM's
-# MR x NR tile, outputs on an MR x NRO tile narrow enough for head dims of 32, 64 and 80 (S, B/L, H)
-_OUT_NV = {"avx512": 2, "avx2": 2, "neon": 3}
-MR, NR = gemm.MR, gemm.NR
-NRO = _OUT_NV.get(gemm.ISA, 1) * gemm.W
+# Where the CPU has vector micro-kernels (kernels/gemm.py), both products run on their IR tiles: scores on the
+# GEMM's MR x NR tile (k = head dim), outputs on an (MR rows, NV vectors) tile picked per head dim (k = tokens),
+# and the softmax on explicit vectors (Intel targets tune auto-vectorised loops to 256 bits). Each product
+# loops panel-outer, so a panel (keys: head dim x NR; values: tokens x tile width) is read from L1 by all of
+# a block's tiles. Output tiles (tools/attention_table.py --tiles, one thread, interleaved): on AVX-512 12x32 for
+# head dim 32 (S), 6x64 for 64 (B, L; 1.05-1.1x two panels of 12x32 or 8x32) and 4x80 for 80 (H; 1.3x 8x32 or
+# 12x32 over three padded panels, on par with 5x80), 24 zmm accumulators or 20; AVX2 has 16 ymm, so the GEMM's
+# 6x16 over 2, 4 or 5 panels; NEON 6x16 (24 of its 32 q registers accumulate)
+OUT_TILES = {"avx512": ((12, 2), (6, 4), (4, 5)), "avx2": ((6, 2),), "neon": ((6, 4),)}
+MR, NR, W = gemm.MR, gemm.NR, gemm.W
 _scores_tile = gemm._tile
-_output_tile = gemm._micro_kernel(MR, _OUT_NV[gemm.ISA], gemm.W) if gemm.OWN else None
+_OUT = OUT_TILES.get(gemm.ISA, ((1, 1),))
+_out0, _out1, _out2 = (tuple(gemm._micro_kernel(mr, nv, W) for mr, nv in _OUT) * 3)[:3] if gemm.OWN else (None,) * 3
+ROWS = 24  # query rows per block, a multiple of every tile's rows: its scores (24 x 192) stay in L1
+
+
+def out_tile(hd, tiles=None, width=None):
+    """Index into OUT_TILES[ISA] of the output tile for head dim hd: the least padding, then the widest."""
+    tiles, width = tiles or _OUT, width or W
+    return min(range(len(tiles)), key=lambda i: (-(-hd // (tiles[i][1] * width)) * tiles[i][1], -tiles[i][1]))
+
+
+def _softmax_kernel(width):
+    """An intrinsic softmax_rows(s, rows, stride, n, inv) on <width x float> vectors, for rows x n scores at
+    s[x * stride:] (stride a multiple of width, at least n): each row becomes exp(s - max(row)) in place (the
+    method of _softmax_numerator) and inv[x] = 1 / its sum. Whole vectors are read and written up to
+    ceil(n / width) * width per row; the lanes past n are left out of the max and the sum, their values unused.
+    All rows' maxima come first, then all rows' exponentials: a row alone is a chain of dependent steps, and
+    rows side by side let the core overlap them."""
+
+    @intrinsic
+    def softmax_rows(typingctx, s, rows, stride, n, inv):
+        sig = types.void(s, rows, stride, n, inv)
+
+        def codegen(context, builder, signature, args):
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vec, ivec = ir.VectorType(f32, width), ir.VectorType(i32, width)
+            rows, stride, n = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 3))
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            invs = context.make_array(signature.args[4])(context, builder, args[4]).data
+            undef = ir.Constant(vec, ir.Undefined)
+
+            def splat(x, t=vec):
+                one = builder.insert_element(ir.Constant(t, ir.Undefined), x, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, ir.Constant(t, ir.Undefined), ir.Constant(ivec, None))
+
+            def const(x):
+                return ir.Constant(vec, [float(x)] * width)
+
+            def at(row, v):  # vector v of a row
+                return builder.bitcast(builder.gep(data, [builder.add(builder.mul(row, stride), builder.mul(
+                    v, ir.Constant(i64, width)))]), vec.as_pointer())
+
+            def fold(x, pick):  # log2(width) halvings down to lane 0
+                step = width // 2
+                while step:
+                    moved = builder.shuffle_vector(x, undef, ir.Constant(ivec, [(i + step) % width for i in range(width)]))
+                    x = pick(x, moved)
+                    step //= 2
+                return builder.extract_element(x, ir.Constant(i32, 0))
+
+            def bigger(a, b):  # b where b > a: NaN never wins (its own exp is NaN and makes the sum NaN)
+                return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                                 f"llvm.fmuladd.v{width}f32")
+            full = builder.sdiv(n, ir.Constant(i64, width))
+            partial = builder.icmp_signed(">", builder.srem(n, ir.Constant(i64, width)), ir.Constant(i64, 0))
+            left = builder.trunc(builder.srem(n, ir.Constant(i64, width)), i32)
+            tail = builder.icmp_signed("<", ir.Constant(ivec, list(range(width))), splat(left, ivec))  # lanes < n
+            chains = 4  # running maxima and sums per row
+            accs = [cgutils.alloca_once(builder, vec) for _ in range(chains)]
+            by_chains = builder.mul(builder.sdiv(full, ir.Constant(i64, chains)), ir.Constant(i64, chains))
+
+            def over_row(start, step):  # accs[c] = step(accs[c], vector) over the row's vectors
+                for acc in accs:
+                    builder.store(start, acc)
+                with cgutils.for_range_slice(builder, ir.Constant(i64, 0), by_chains, ir.Constant(i64, chains)) as (v, _):
+                    for c, acc in enumerate(accs):
+                        builder.store(step(builder.load(acc), builder.add(v, ir.Constant(i64, c)), False), acc)
+                with cgutils.for_range_slice(builder, by_chains, full, ir.Constant(i64, 1)) as (v, _):
+                    builder.store(step(builder.load(accs[0]), v, False), accs[0])
+                with builder.if_then(partial):
+                    builder.store(step(builder.load(accs[0]), full, True), accs[0])
+                return [builder.load(acc) for acc in accs]
+
+            def to_max(best, v, last):
+                x = builder.load(at(row, v), align=4)
+                return bigger(best, builder.select(tail, x, const(-np.inf)) if last else x)
+
+            with cgutils.for_range(builder, rows) as loop:
+                row = loop.index
+                m = over_row(const(-np.inf), to_max)
+                m = fold(bigger(bigger(m[0], m[1]), bigger(m[2], m[3])), bigger)
+                builder.store(m, builder.gep(invs, [row]))
+
+            def to_sum(total, v, last):  # exp(s - m) for vector v, stored in place, added to the total
+                ptr = at(row, v)
+                x = builder.fsub(builder.load(ptr, align=4), m)
+                below = builder.fcmp_ordered("<", x, const(_EXP_FLOOR))
+                x = builder.select(below, const(_EXP_FLOOR), x)  # NaN passes through
+                # k from a NaN-free copy: fptosi of NaN is poison to LLVM
+                kx = builder.select(builder.fcmp_ordered(">=", x, const(_EXP_FLOOR)), x, const(_EXP_FLOOR))
+                k = builder.fptosi(builder.call(fma, [kx, const(_LOG2E), const(-0.5)]), ivec)  # x <= 0: rounds
+                kf = builder.sitofp(k, vec)
+                r = builder.call(fma, [kf, const(-_LN2_HI), x])
+                r = builder.call(fma, [kf, const(-_LN2_LO), r])
+                p = const(_EXP_P[6])
+                for c in _EXP_P[5::-1]:
+                    p = builder.call(fma, [p, r, const(c)])
+                scale = builder.bitcast(builder.shl(builder.add(k, ir.Constant(ivec, [127] * width)),
+                                                    ir.Constant(ivec, [23] * width)), vec)
+                e = builder.fmul(p, scale)
+                builder.store(e, ptr, align=4)
+                return builder.fadd(total, builder.select(tail, e, const(0.0)) if last else e)
+
+            with cgutils.for_range(builder, rows) as loop:
+                row = loop.index
+                slot = builder.gep(invs, [row])
+                m = splat(builder.load(slot))
+                t = over_row(const(0.0), to_sum)
+                total = fold(builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3])), builder.fadd)
+                builder.store(builder.fdiv(ir.Constant(f32, 1.0), total), slot)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return softmax_rows
+
+
+_softmax_rows = _softmax_kernel(W) if gemm.OWN else None
+
+
+@jit
+def _scratch(size):
+    # float32 scratch starting on a 64-byte line: vector loads from it never straddle two lines
+    raw = np.empty(size + 16, np.float32)
+    start = (64 - raw.ctypes.data % 64) % 64 // 4
+    return raw[start:start + size]
+
+
+def _transpose_kernel(width):
+    """An intrinsic transpose(src, s0, srs, bias, b0, dst, d0, drs) for C-contiguous float32 arrays, indexing
+    their flat data: dst[d0 + j * drs + i] = src[s0 + i * srs + j] + bias[b0 + j] for i, j < width, the block
+    held in width vectors and transposed by log2(width) rounds of two-vector shuffles."""
+
+    @intrinsic
+    def transpose(typingctx, src, s0, srs, bias, b0, dst, d0, drs):
+        sig = types.void(src, s0, srs, bias, b0, dst, d0, drs)
+
+        def codegen(context, builder, signature, args):
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            vec = ir.VectorType(ir.FloatType(), width)
+            s0, srs, b0, d0, drs = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 4, 6, 7))
+
+            def vector_at(i, at):
+                data = context.make_array(signature.args[i])(context, builder, args[i]).data
+                return builder.bitcast(builder.gep(data, [at]), vec.as_pointer())
+
+            b = builder.load(vector_at(3, b0), align=4)
+            rows = [builder.fadd(builder.load(vector_at(0, builder.add(s0, builder.mul(srs, ir.Constant(i64, i)))),
+                                              align=4), b) for i in range(width)]
+            block = width // 2
+            while block:  # swap the off-diagonal block x block blocks of every 2 block x 2 block block
+                for i in range(width):
+                    if i // block % 2 == 0:
+                        upper = [c if c // block % 2 == 0 else width + c - block for c in range(width)]
+                        lower = [c + block if c // block % 2 == 0 else width + c for c in range(width)]
+                        a, z = rows[i], rows[i + block]
+                        rows[i] = builder.shuffle_vector(a, z, ir.Constant(ir.VectorType(i32, width), upper))
+                        rows[i + block] = builder.shuffle_vector(a, z, ir.Constant(ir.VectorType(i32, width), lower))
+                block //= 2
+            for j, row in enumerate(rows):
+                builder.store(row, vector_at(5, builder.add(d0, builder.mul(drs, ir.Constant(i64, j)))), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return transpose
+
+
+_transpose = _transpose_kernel(W) if gemm.OWN else None
+
+
+@jit
+def _pack_head(qkv, bias, r0, q0, n, hd, scale, q, kp, vp, nro):
+    # one (crop, head)'s q, k and v with the qkv bias added (the official code scales q before q k^T): q
+    # row-major (the broadcast side), keys as (hd, NR) panels, values as (n, nro) panels
+    c = qkv.shape[1] // 3
+    bq, bv = bias[q0:q0 + hd], bias[2 * c + q0:2 * c + q0 + hd]
+    for j in range(n):
+        src, dst = qkv[r0 + j, q0:q0 + hd], q[j * hd:(j + 1) * hd]
+        for d in range(hd):
+            dst[d] = (src[d] + bq[d]) * scale
+    kpanels = (n + NR - 1) // NR
+    nw, dw = n - n % W, hd - hd % W  # keys and head columns in whole W x W blocks
+    for j0 in range(0, nw, W):  # keys: W x W blocks transposed in registers
+        p = j0 // NR
+        for d0 in range(0, dw, W):
+            _transpose(qkv, (r0 + j0) * 3 * c + c + q0 + d0, 3 * c, bias, c + q0 + d0, kp,
+                       (p * hd + d0) * NR + j0 - p * NR, NR)
+    for j in range(n):  # the rest one by one, and zeros for the missing keys of the last panel
+        p = j // NR
+        dst = kp[p * hd * NR + j - p * NR:]
+        for d in range(0 if j >= nw else dw, hd):
+            dst[d * NR] = qkv[r0 + j, c + q0 + d] + bias[c + q0 + d]
+    for j in range(n, kpanels * NR):  # the missing keys of the last panel: scores computed, never read
+        dst = kp[(kpanels - 1) * hd * NR + j - (kpanels - 1) * NR:]
+        for d in range(hd):
+            dst[d * NR] = 0.0
+    for p in range((hd + nro - 1) // nro):
+        d0 = p * nro
+        w = min(nro, hd - d0)
+        for j in range(n):
+            src, dst = qkv[r0 + j, 2 * c + q0 + d0:2 * c + q0 + d0 + w], vp[(p * n + j) * nro:(p * n + j + 1) * nro]
+            for d in range(w):
+                dst[d] = src[d] + bv[d0 + d]
+            for d in range(w, nro):  # the missing head columns of the last panel: computed, never written out
+                dst[d] = 0.0
 
 
 @pjit
-def _attention_tiled(qkv, bias, n, heads, out):
+def _attention_tiled(qkv, bias, n, heads, which, out):
     rows, c3 = qkv.shape
-    c = c3 // 3
-    hd = c // heads
+    hd = c3 // 3 // heads
     scale = np.float32(1.0 / math.sqrt(hd))
+    mro = _OUT[which][0]
+    nro = _OUT[which][1] * W
     kpanels = (n + NR - 1) // NR
     nk = kpanels * NR  # keys padded to whole panels: their scores are computed and never read
-    vpanels = (hd + NRO - 1) // NRO
-    nd = vpanels * NRO
+    vpanels = (hd + nro - 1) // nro
+    nd = vpanels * nro
     for task in prange((rows // n) * heads):
         r0 = (task // heads) * n
         q0 = (task % heads) * hd  # spec 1.3: qkv rows are Q, K, V blocks, head-major inside each
-        # one packing per (crop, head), the qkv bias added on the way (the official code scales q first):
-        # q row-major (the broadcast side), keys as (hd, NR) panels, values as (n, NRO) panels
         q = np.empty(n * hd, np.float32)
-        kp = np.zeros(kpanels * hd * NR, np.float32)
-        vp = np.zeros(vpanels * n * NRO, np.float32)
-        for j in range(n):
-            for d in range(hd):
-                q[j * hd + d] = (qkv[r0 + j, q0 + d] + bias[q0 + d]) * scale
-                kp[((j // NR) * hd + d) * NR + j % NR] = qkv[r0 + j, c + q0 + d] + bias[c + q0 + d]
-                vp[((d // NRO) * n + j) * NRO + d % NRO] = qkv[r0 + j, 2 * c + q0 + d] + bias[2 * c + q0 + d]
-        s = np.empty(MR * nk, np.float32)
-        o = np.empty(MR * nd, np.float32)
-        inv = np.empty(MR, np.float32)
-        bits = np.empty(n, np.int32)
-        for i0 in range(0, n, MR):
-            m = min(MR, n - i0)
-            s[:] = 0.0
-            for p in range(kpanels):  # (m, nk) scores
-                _scores_tile(q, i0 * hd, m, hd, 1, hd, kp, p * hd * NR, s, p * NR, nk)
+        kp = _scratch(kpanels * hd * NR)
+        vp = _scratch(vpanels * n * nro)
+        _pack_head(qkv, bias, r0, q0, n, hd, scale, q, kp, vp, nro)
+        # a tile stores all its rows, those past the block's too: room for one more tile's rows
+        s = _scratch((ROWS + MR) * nk)
+        o = _scratch((ROWS + mro) * nd)
+        inv = np.empty(ROWS, np.float32)
+        for i0 in range(0, n, ROWS):
+            m = min(ROWS, n - i0)
+            s[:(m + MR - 1) // MR * MR * nk] = 0.0  # every row a tile touches: no stale denormals in its FMAs
+            for p in range(kpanels):  # (m, nk) scores; panel-outer, so each panel is read from L1 by every tile
+                for x0 in range(0, m, MR):
+                    _scores_tile(q, (i0 + x0) * hd, min(MR, m - x0), hd, 1, hd, kp, p * hd * NR, s, x0 * nk + p * NR, nk)
+            _softmax_rows(s, m, nk, n, inv)
+            o[:(m + mro - 1) // mro * mro * nd] = 0.0
+            for p in range(vpanels):  # (m, nd) unnormalised outputs, panel-outer too
+                for x0 in range(0, m, mro):
+                    r = min(mro, m - x0)
+                    if which == 0:
+                        _out0(s, x0 * nk, r, nk, 1, n, vp, p * n * nro, o, x0 * nd + p * nro, nd)
+                    elif which == 1:
+                        _out1(s, x0 * nk, r, nk, 1, n, vp, p * n * nro, o, x0 * nd + p * nro, nd)
+                    else:
+                        _out2(s, x0 * nk, r, nk, 1, n, vp, p * n * nro, o, x0 * nd + p * nro, nd)
             for x in range(m):
-                inv[x] = np.float32(1.0) / _softmax_numerator(s[x * nk:x * nk + n], bits)
-            o[:] = 0.0
-            for p in range(vpanels):  # (m, nd) unnormalised outputs
-                _output_tile(s, 0, m, nk, 1, n, vp, p * n * NRO, o, p * NRO, nd)
-            for x in range(m):
+                dst, src, f = out[r0 + i0 + x, q0:q0 + hd], o[x * nd:x * nd + hd], inv[x]
                 for d in range(hd):
-                    out[r0 + i0 + x, q0 + d] = o[x * nd + d] * inv[x]
+                    dst[d] = src[d] * f
 
 
 def attention(qkv, tokens, heads, bias=None, out=None):
@@ -206,5 +424,8 @@ def attention(qkv, tokens, heads, bias=None, out=None):
         out = np.empty((rows, c3 // 3), np.float32)
     elif out.shape != (rows, c3 // 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous float32 of shape {(rows, c3 // 3)}")
-    (_attention_tiled if gemm.OWN else _attention)(qkv, bias, tokens, heads, out)
+    if gemm.OWN:
+        _attention_tiled(qkv, bias, tokens, heads, out_tile(c3 // 3 // heads), out)
+    else:
+        _attention(qkv, bias, tokens, heads, out)
     return out

@@ -14,7 +14,7 @@ import pytest
 from numba import njit
 
 import twins
-from npvitpose.kernels import cpu, gemm
+from npvitpose.kernels import attention, cpu, gemm
 
 X86, ARM = "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"
 
@@ -63,11 +63,15 @@ def _tile_driver(tile, mr, nr):
     return run
 
 
-@pytest.mark.parametrize("isa", sorted(gemm.TILES))
+SHAPES = sorted({gemm.TILES[isa] for isa in gemm.TILES} |
+                {(mr, nv, gemm.TILES[isa][2]) for isa in attention.OUT_TILES for mr, nv in attention.OUT_TILES[isa]})
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda t: "%dx%dx%d" % t)  # the GEMM's and attention's output tiles
 @pytest.mark.parametrize("rows,k", [(1, 1), (3, 7), (8, 64), (6, 33)])
-def test_every_shipped_tile_shape(isa, rows, k):
+def test_every_shipped_tile_shape(shape, rows, k):
     # the IR is the same on every target; only the tile shape differs, so each shape runs here too
-    mr, nv, w = gemm.TILES[isa]
+    mr, nv, w = shape
     nr = nv * w
     rows = min(rows, mr)
     rng = np.random.default_rng(rows * 100 + k)
@@ -79,3 +83,15 @@ def test_every_shipped_tile_shape(isa, rows, k):
     want = twins.linear(x, wt) + 0.5
     got = acc.reshape(mr, nr)[:rows]
     assert np.abs(got - want).max() < 1e-5 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("isa", sorted(attention.OUT_TILES))
+@pytest.mark.parametrize("hd", [1, 16, 32, 48, 64, 80, 96, 128])
+def test_attention_output_tile_pads_least(isa, hd):
+    # the output tile chosen for a head dim pads it to the fewest columns of any shipped tile of that ISA, and
+    # of those it is the widest (fewest panels)
+    tiles, w = attention.OUT_TILES[isa], gemm.TILES[isa][2]
+    padded = [-(-hd // (nv * w)) * nv * w for _, nv in tiles]
+    chosen = attention.out_tile(hd, tiles, w)
+    assert padded[chosen] == min(padded)
+    assert tiles[chosen][1] == max(nv for (_, nv), p in zip(tiles, padded) if p == min(padded))

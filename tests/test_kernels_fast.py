@@ -1,4 +1,5 @@
-"""The fast paths of the MLP and attention kernels: the polynomial erf and exp, special values, blocked-loop tails."""
+"""The fast paths of the MLP and attention kernels: the polynomial erf and exp (scalar and vector), special values,
+the register transpose, blocked-loop tails."""
 
 import numpy as np
 import pytest
@@ -85,10 +86,61 @@ def test_softmax_numerator_matches_exp():
     assert abs(total - want.sum()) < 1e-6 * want.sum()
 
 
+def _softmax_driver(width):
+    kernel = attention._softmax_kernel(width)
+
+    @njit
+    def run(s, rows, stride, n, inv):
+        kernel(s, rows, stride, n, inv)
+    return run
+
+
+@pytest.mark.parametrize("width", [4, 8, 16])  # NEON, AVX2 and AVX-512 vectors: the IR is the same on every target
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 192, 193])
+def test_vector_softmax_rows(width, n):
+    # rows of spreads down to -100 (exp underflows below about -87), their stride rounded up to whole vectors; the
+    # lanes past n hold garbage that must not reach the max or the sum
+    rows, stride = 5, -(-n // width) * width
+    s = np.full((rows, stride), 1e30, np.float32)
+    s[:, :n] = rng.uniform(-100.0, 0.0, (rows, n)) + rng.uniform(-5.0, 5.0, (rows, 1))
+    s[1, :n] = rng.uniform(-1.0, 1.0, n)
+    s[2, n - 1] = np.nan  # a NaN score makes its own row NaN, and no other
+    inv = np.empty(rows, np.float32)
+    got = s.copy()
+    _softmax_driver(width)(got.reshape(-1), rows, stride, n, inv)
+    want = np.exp((s[:, :n] - s[:, :n].max(1, keepdims=True)).astype(np.float64))  # the kernel subtracts in float32
+    normal = want > 1e-37
+    ok = np.arange(rows) != 2
+    assert (np.abs(got[:, :n] - want) / want)[normal & ok[:, None]].max() < 3e-7
+    assert np.abs(got[:, :n] - want)[~normal & ok[:, None]].max(initial=0.0) < 1e-37
+    assert np.abs(inv[ok] * want[ok].sum(1) - 1.0).max() < 1e-6
+    assert np.isnan(inv[2])
+
+
+def _transpose_driver(width):
+    kernel = attention._transpose_kernel(width)
+
+    @njit
+    def run(src, s0, srs, bias, b0, dst, d0, drs):
+        kernel(src, s0, srs, bias, b0, dst, d0, drs)
+    return run
+
+
+@pytest.mark.parametrize("width", [4, 8, 16])
+def test_register_transpose(width):
+    # one width x width block out of a wider array, bias added per source column, into rows of a wider panel
+    src, bias = f32(width + 3, 2 * width + 5), f32(3 * width)
+    dst = np.full((width + 2, 3 * width), np.nan, np.float32)
+    _transpose_driver(width)(src, 1 * src.shape[1] + 2, src.shape[1], bias, 7, dst, 1 * dst.shape[1] + 4, dst.shape[1])
+    want = dst.copy()
+    want[1:1 + width, 4:4 + width] = (src[1:1 + width, 2:2 + width] + bias[7:7 + width]).T
+    assert np.array_equal(dst, want, equal_nan=True)
+
+
 @pytest.mark.parametrize("b,n,heads,hd", [(2, 9, 3, 4), (1, 13, 2, 8), (1, 4, 1, 1), (2, 1, 2, 2), (1, 193, 2, 17),
-                                          (3, 6, 1, 9)])
+                                          (3, 6, 1, 9), (1, 50, 2, 80), (2, 35, 3, 48), (1, 25, 1, 96)])
 def test_attention_block_tails(b, n, heads, hd):
-    # token counts around the 4-row blocks and 4-column tiles, head dims off the vector width
+    # token counts around the row blocks, tiles and panels, head dims off the vector width and the output tiles
     qkv = f32(b * n, 3 * heads * hd)
     assert np.abs(attention.attention(qkv, n, heads) - twins.attention(qkv, n, heads)).max() < 2e-6
 
