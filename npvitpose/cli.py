@@ -528,7 +528,8 @@ def build_parser():
     p.add_argument("--image-id", metavar="N", help="image_id of the one input in COCO detections")
     p.add_argument("--images", metavar="COCO_IMAGES.json", help="COCO image list to match file names to ids")
     p.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="threads for the kernels and BLAS together (default: all cores, or NPVITPOSE_THREADS)")
+                   help="threads for the kernels and BLAS together (default: NPVITPOSE_THREADS, else the CPUs this "
+                        "process may use: its affinity and CPU quota)")
     p.add_argument("--batch-size", type=_positive_int, metavar="N",
                    help="people per pipeline call, to bound memory (default: all the boxes of an image)")
     p.add_argument("--max-image-pixels", type=_positive_int, metavar="N",

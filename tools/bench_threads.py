@@ -1,10 +1,10 @@
 """Threads on a busy machine (issue 11 item 7): the pose pipeline on each frame of a short video while
 busy loops of our own compete for the cores, under several thread settings, interleaved.
 
-Each setting runs in a fresh process (OMP_WAIT_POLICY and the threading layer are read when the libraries
-load): it loads the model, runs one frame (kernels loaded from the cache, pools started), then times
-`model(frame, box)` on every frame, with `--detector` a person detector first, as `infer` without boxes
-does. The load is `--load N` processes spinning at the same priority, started before the rounds and
+Each setting has its own process (OMP_WAIT_POLICY and the threading layer are read when the libraries
+load), started before the load: it loads the model and runs one frame (kernels loaded from the cache,
+pools started); then, round after round, each times `model(frame, box)` on every frame in turn, with
+`--detector` a person detector first, as `infer` without boxes does. The load is `--load N` processes spinning at the same priority, started before the rounds and
 killed at the end, also on SIGTERM. Run it as benchmarks run here:
 
     flock /tmp/bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/bench_threads.py --load 1
@@ -64,10 +64,12 @@ def one(frame):
         det(frame[:, :, ::-1].copy())
     model(frame, box, color="bgr")
 one(frames[0])  # warm: kernels loaded, pools started
-t = time.perf_counter()
-for frame in frames:
-    one(frame)
-print(time.perf_counter() - t, numba.threading_layer(), numba.get_num_threads())
+print("ready", flush=True)
+for _ in sys.stdin:  # one timed pass over the video per line
+    t = time.perf_counter()
+    for frame in frames:
+        one(frame)
+    print(time.perf_counter() - t, numba.threading_layer(), numba.get_num_threads(), flush=True)
 """
 
 
@@ -128,16 +130,75 @@ def stop_load(procs):
         p.wait()
 
 
-def run_one(paths, setting, extra_env):
-    env, args = SETTINGS[setting] if setting in SETTINGS else ({}, [])
-    env = dict(os.environ, PYTHONPATH=ROOT, **env, **extra_env.get(setting, {}))
-    out = subprocess.run([sys.executable, "-c", CHILD, paths["image"], paths["video"], paths["boxes"],
-                          paths["model"], paths.get("detector", "-"), *args],
-                         env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise SystemExit(f"{setting}: failed\n{out.stderr[-2000:]}")
-    seconds, layer, threads = out.stdout.split()
-    return float(seconds), layer, int(threads)
+def make_cgroup(cpus):
+    """A cgroup (v2, else v1 cpu controller; root only) whose processes share `cpus` CPUs' worth of time, as
+    `docker --cpus` gives a container; -> its folder. Removed by remove_cgroup."""
+    name = f"npvitpose-bench-{os.getpid()}"
+    period = 100000
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        folder = os.path.join("/sys/fs/cgroup", name)
+        os.mkdir(folder)
+        with open(os.path.join(folder, "cpu.max"), "w") as f:
+            f.write(f"{int(cpus * period)} {period}")
+    else:
+        folder = os.path.join("/sys/fs/cgroup/cpu", name)
+        os.mkdir(folder)
+        with open(os.path.join(folder, "cpu.cfs_period_us"), "w") as f:
+            f.write(str(period))
+        with open(os.path.join(folder, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(int(cpus * period)))
+    return folder
+
+
+def remove_cgroup(folder):
+    for _ in range(50):  # the group empties as its processes are reaped
+        try:
+            os.rmdir(folder)
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+class Worker:
+    """One setting's process: started (and warmed) before the load, then timed on request, so each round
+    costs only the frames, never an interpreter's start-up."""
+
+    def __init__(self, paths, setting, extra_env, nice=0, cgroup=None):
+        env, args = SETTINGS[setting]
+        env = dict(os.environ, PYTHONPATH=ROOT, **env, **extra_env.get(setting, {}))
+        self.setting = setting
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, paths["image"], paths["video"], paths["boxes"],
+                                      paths["model"], paths.get("detector", "-"), *args],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: self._enter(nice, cgroup))
+
+    @staticmethod
+    def _enter(nice, cgroup):  # in the child, before it runs Python: the priority and the CPU quota it lives under
+        if nice:
+            os.nice(nice)
+        if cgroup is not None:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    def _line(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.setting}: the worker failed (its stderr is above)")
+        return line.split()
+
+    def ready(self):
+        assert self._line() == ["ready"]
+
+    def time(self):
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        seconds, layer, threads = self._line()
+        return float(seconds), layer, int(threads)
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def main(argv=None):
@@ -147,6 +208,10 @@ def main(argv=None):
     parser.add_argument("--load", type=int, nargs="+", default=[1], help="busy processes (several: one pass each)")
     parser.add_argument("--load-kind", choices=list(LOADS), default="spin",
                         help="spin: a busy loop; pose: ViT-S forwards on all cores in a loop (another parallel job)")
+    parser.add_argument("--nice", type=int, default=0, help="run the timed processes at this niceness (the load "
+                                                                "stays at 0): a low-priority job among others")
+    parser.add_argument("--cpu-quota", type=float, metavar="CPUS",
+                        help="run the timed processes in a cgroup with this CPU quota, as `docker --cpus` (root)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--chunksize", nargs="*", default=[], metavar="SETTING=N",
@@ -187,20 +252,31 @@ def main(argv=None):
         for n in args.load:
             times = {s: [] for s in settings}
             info = {}
+            cgroup = make_cgroup(args.cpu_quota) if args.cpu_quota else None
+            workers = {s: Worker(paths, s, extra_env, args.nice, cgroup) for s in settings}
             try:
+                for w in workers.values():
+                    w.ready()
                 load[:] = start_load(n, args.load_kind)
                 time.sleep(0.5 if args.load_kind == "spin" else 5)
                 for r in range(args.rounds):
                     order = settings[r % len(settings):] + settings[:r % len(settings)]  # rotate: no fixed slot
                     for s in order:
-                        seconds, layer, threads = run_one(paths, s, extra_env)
+                        seconds, layer, threads = workers[s].time()
                         times[s].append(seconds)
+                        print(f"round {r + 1}: {s}: {seconds:.2f} s", file=sys.stderr, flush=True)
                         info[s] = f"{layer}, {threads} threads"
             finally:
                 stop_load(load)
+                for w in workers.values():
+                    w.close()
+                if cgroup is not None:
+                    remove_cgroup(cgroup)
             base = statistics.median(times[settings[0]])
             print(f"\n{args.variant}, {args.frames} frames, 1 box (2 crops per forward)"
                   f"{', YOLOX-S 640 on each frame' if args.detector is not None else ''}, {n} x {args.load_kind} load, "
+                  f"{f'timed at nice {args.nice}, ' if args.nice else ''}"
+                  f"{f'in a cgroup of {args.cpu_quota:g} CPUs, ' if args.cpu_quota else ''}"
                   f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
             print(f"| setting | layer | s per video (median) | min-max | vs {settings[0]} |")
             print("|---|---|---|---|---|")
