@@ -451,7 +451,7 @@ output (-o, standard output, --pred-out-dir):
   --format mmpose: per input [{"keypoints": [[x, y], ...], "keypoint_scores": [...],
     "bbox": [[x1, y1, x2, y2]], "bbox_score": s}, ...] (a video: [{"frame_id": i, "instances": [...]}]);
     -o then holds {input path: that list}.
-  --pred-out-dir DIR writes DIR/<input name>.json for each input, as mmpose does.
+  --pred-out-dir DIR writes DIR/<input name>.json for each input, as mmpose does (stdout then stays empty).
   -o OUT.jsonl streams one line per image or frame: {"image_id", "file" or "time", "people": [...]}.
 
 exit status: 0 done; 1 an error, or some inputs failed (the others are written); 2 a wrong command
