@@ -263,12 +263,14 @@ def compare(args):
     def make(precision):
         return build(args.model, args.head, precision=precision) if random else model_mod.load(path, precision=precision)
 
+    note(f"bench: fp32 reference, {len(boxes)} boxes on {image_path}")
     reference = drift.pipeline_outputs(make("fp32"), cases)
-    print(f"{len(boxes)} boxes on {image_path}; against fp32:")
-    print(f"| precision | {drift.HEADER} |")
+    _row(f"{len(boxes)} boxes on {image_path}; against fp32:")
+    _row(f"| precision | {drift.HEADER} |")
     for precision in args.precision:
         if precision != "fp32":
-            print(f"| {precision} | {drift.measure(reference, drift.pipeline_outputs(make(precision), cases)).row()} |")
+            note(f"bench: {precision}")
+            _row(f"| {precision} | {drift.measure(reference, drift.pipeline_outputs(make(precision), cases)).row()} |")
     return 0
 
 
