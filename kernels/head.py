@@ -94,13 +94,15 @@ class Deconv(NamedTuple):
     """A transposed conv 4x4 / stride 2 / padding 1 packed for gemm.linear in one of two forms:
     taps (windows False): (16 Cout, Cin), rows (ky, kx, co), one product per input pixel, then col2im;
     windows: (4 Cout, 4 Cin), rows (sy, sx, co), columns (dy, dx, ci): every 2x2 window of the zero-padded
-    input yields a 2x2 block of output pixels, so the taps are summed inside the product."""
-    packed: gemm.Packed
+    input yields a 2x2 block of output pixels, so the taps are summed inside the product.
+    module: the precision module whose pack_weight made `packed` and whose linear runs it (gemm: fp32)."""
+    packed: tuple
     cout: int
     windows: bool
+    module: object = gemm
 
 
-def deconv_weight(weight, windows=None):
+def deconv_weight(weight, windows=None, module=gemm):
     """ConvTranspose2d weight (Cin, Cout, 4, 4) (spec 2.1 trap 7) -> Deconv for deconv4x4s2.
 
     windows=None chooses by shape: the window form does (H+1)(W+1)/(HW) more arithmetic (+7% for
@@ -109,7 +111,7 @@ def deconv_weight(weight, windows=None):
     (docs/head.md): windows win where Cin <= Cout (the second deconv) and lose at Cin 768."""
     cin, cout = weight.shape[:2]
     windows = cin <= cout if windows is None else windows
-    return Deconv(gemm.pack_weight(deconv_rows(weight, windows)), cout, windows)
+    return Deconv(module.pack_weight(deconv_rows(weight, windows)), cout, windows, module)
 
 
 def deconv_rows(weight, windows):
@@ -147,7 +149,7 @@ def deconv4x4s2(x, deconv, bias, relu=False):
         for start in range(0, b, step):
             n = min(step, b - start)
             _windows(x[start:start + n], cols[:n * rows])
-            gemm.linear(cols[:n * rows], packed, bias4, out=y[:n * rows])  # (n*(H+1)*(W+1), 4*Cout)
+            deconv.module.linear(cols[:n * rows], packed, bias4, out=y[:n * rows])  # (n*(H+1)*(W+1), 4*Cout)
             _depth_to_space(y, h, w, cout, relu, out[start:start + n])
         return out
     step = max(1, _COLS_BYTES // (h * w * 16 * cout * 4))
@@ -155,7 +157,7 @@ def deconv4x4s2(x, deconv, bias, relu=False):
     cols[-1] = 0.0  # the zero row col2im reads for taps off the map
     for start in range(0, b, step):
         n = min(step, b - start)
-        gemm.linear(x[start:start + n].reshape(n * h * w, cin), packed, out=cols[:n * h * w])  # (n*H*W, 16*Cout)
+        deconv.module.linear(x[start:start + n].reshape(n * h * w, cin), packed, out=cols[:n * h * w])  # (n*H*W, 16*Cout)
         _col2im_s2(cols, h, w, cout, bias, relu, out[start:start + n])
     return out
 

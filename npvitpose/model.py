@@ -28,6 +28,7 @@ INT8_IN_FP32 = ()  # layers an int8 model keeps in fp32: none, measured by tools
 # int8: the layer norm feeding these layers hands its per-channel gain to the weight's columns (SmoothQuant's
 # migration, exact in real arithmetic), so a few large-gain channels no longer stretch every row's int8 range
 INT8_SMOOTHED = {"attn.qkv.weight": "norm1", "mlp.fc1.weight": "norm2"}
+HEAD_IN_FP32 = False  # bf16/int8 run the head's two deconvolutions at their precision too (2.8 of ViT-B's 37 GFLOP)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Model:
             del w[key]  # the forward reads only the packed form; an array handed over is freed here
         pos = w["backbone.pos_embed"][0]
         self._pos = np.ascontiguousarray(pos[1:] + pos[0])  # spec 1.2: slot 0 is added to every token
-        # the patch embedding and the head stay fp32 at every precision (their drift was measured that way)
+        # the patch embedding and the head's 1x1 stay fp32 at every precision
         self._patch_w = embed_weight(w["backbone.patch_embed.proj.weight"])
         if cfg.head == "classic":
             self._deconv = []
@@ -133,7 +134,7 @@ class Model:
                 bn = f"keypoint_head.deconv_layers.{layer + 1}."
                 wt, b = fold_batchnorm(w[f"keypoint_head.deconv_layers.{layer}.weight"], w[bn + "running_mean"],
                                        w[bn + "running_var"], w[bn + "weight"], w[bn + "bias"])
-                self._deconv.append((deconv_weight(wt), b))
+                self._deconv.append((deconv_weight(wt, module=gemm if HEAD_IN_FP32 else self._gemm), b))
             # (256, K) for BLAS: at K = 17 columns the micro-kernel's 48-wide panels were 1.2-3.3x slower (docs/head.md)
             self._final_w = np.ascontiguousarray(w["keypoint_head.final_layer.weight"][:, :, 0, 0].T)
         else:

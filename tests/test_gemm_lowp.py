@@ -156,6 +156,7 @@ def test_fallbacks_without_the_instructions(tmp_path):
     np.testing.assert_allclose(out["bf16"], twins.linear(twins.bf16(x), twins.bf16(w), b, True), rtol=0, atol=2e-6)
     np.testing.assert_allclose(out["int8"], twins.int8_linear(x, w, b, True), rtol=0, atol=2e-6)
     for p in ("bf16", "int8"):  # the whole model, against the instructions' result here: the sums run in
-        # another order, and a last-bit difference can move a later bf16/int8 rounding by one step (2^-8)
+        # another order, and a last-bit difference can move a later bf16/int8 rounding by one step (2^-8); the
+        # head's two deconvolutions (also bf16/int8) pass such steps on through two more roundings
         fast = npvitpose.load(tmp_path / "m.npz", precision=p).forward(pixels)
-        assert np.abs(out["model_" + p] - fast).max() <= 2.0 ** -8 * np.abs(fast).max()
+        assert np.abs(out["model_" + p] - fast).max() <= 2.0 ** -7 * np.abs(fast).max()
