@@ -34,6 +34,8 @@ SETTINGS = {
     "2, OMP active": ({"OMP_WAIT_POLICY": "ACTIVE"}, ["--threads", "2"]),
     "2, workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, ["--threads", "2"]),
     "2, tbb": ({"NUMBA_THREADING_LAYER": "tbb"}, ["--threads", "2"]),
+    "2, BLAS 1 thread": ({"OPENBLAS_NUM_THREADS": "1"}, []),  # Numba's 2 threads, OpenBLAS's pool out of the way
+    "2, BLAS spinning": ({"OPENBLAS_THREAD_TIMEOUT": "28"}, []),  # OpenBLAS's own default: idle threads spin 2^28
 }
 
 CHILD = r"""
