@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import literally, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -369,7 +369,6 @@ def _pack_head(qkv, bias, r0, q0, n, hd, scale, q, kp, vp, nro):
 
 @pjit
 def _attention_tiled(qkv, bias, n, heads, which, out):
-    literally(which)  # one compiled kernel per output tile, holding only that tile
     rows, c3 = qkv.shape
     hd = c3 // 3 // heads
     scale = np.float32(1.0 / math.sqrt(hd))
