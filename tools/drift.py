@@ -66,9 +66,9 @@ def main(argv=None):
     cases = [(getattr(skimage.data, name)(), boxes) for name, boxes in CASES]
     lines = [f"Drift against fp32 on random weights ({args.head} head, {OUTLIERS} outlier channels of gain "
              f"{OUTLIER_GAIN:g}); images: {', '.join(n for n, _ in CASES)}; "
-             f"kernels: bf16 {'vdpbf16ps' if gemm_bf16.FAST else 'fallback'}, "
-             f"int8 {'vpdpbusd' if gemm_int8.FAST else 'fallback'}; int8 keeps in fp32: "
-             f"{', '.join(model_mod.INT8_IN_FP32) or 'no layer'}",
+             f"kernels: bf16 {gemm_bf16.INSTRUCTION if gemm_bf16.FAST else 'fallback'}, "
+             f"int8 {gemm_int8.INSTRUCTION if gemm_int8.FAST else 'fallback'}; int8 keeps in fp32: "
+             f"{', '.join(model_mod.INT8_IN_FP32) or 'no layer'}; head deconvolutions at the model's precision",
              "", f"| model | precision | {drift.HEADER} |", "|" + "---|" * 10]
     for variant in args.variants:
         cfg = dataclasses.replace(model_mod.VARIANTS[variant], head=args.head)
