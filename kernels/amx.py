@@ -23,6 +23,8 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
+from .gemm import aligned
+
 TM = 16  # rows of a tile (and output columns of a B tile)
 DEPTH = 64  # bytes of K per tile row
 TILE = TM * DEPTH  # bytes of one tile
@@ -55,13 +57,6 @@ def tile_config():
     cfg[16:32].view(np.uint16)[:] = DEPTH
     cfg[48:56] = TM
     return cfg
-
-
-def aligned_bytes(nbytes):
-    """An uninitialised uint8 buffer starting on a 64-byte line (a tile row that straddles two lines costs two)."""
-    raw = np.empty(nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start:start + nbytes]
 
 
 def pack_strips(lanes, strips):
@@ -161,18 +156,6 @@ def block_intrinsic(dot, rt, ct):
         return types.void(a, a_off, b, b_off, strip, steps, c), codegen
 
     return block
-
-
-@intrinsic
-def prefetch_write(typingctx, array, index):
-    """Fetch the cache line holding array.flat[index] for writing, ahead of the epilogue (prefetchw)."""
-    def codegen(context, builder, signature, args):
-        fn = _declare(builder.module, "llvm.prefetch.p0", [_p8, ir.IntType(32), ir.IntType(32), ir.IntType(32)])
-        ptr = _pointer(context, builder, signature.args[0], args[0], args[1])
-        builder.call(fn, [ptr] + [ir.Constant(ir.IntType(32), v) for v in (1, 3, 1)])
-        return context.get_dummy_value()
-
-    return types.void(array, index), codegen
 
 
 # ---- the epilogue on a finished 32 x 32 block of C, as explicit vectors (Numba's loops over the block's
@@ -341,4 +324,4 @@ def epilogue_int8(mode):
 
 def scratch(tasks, dtype):
     """One 64-byte aligned 32 x 32 C block per parallel task."""
-    return aligned_bytes(tasks * TM * TM * RT * CT * 4).view(dtype).reshape(tasks, -1)
+    return aligned((tasks, TM * TM * RT * CT), dtype)

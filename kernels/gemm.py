@@ -58,7 +58,7 @@ def pack_weight(w):
     if not OWN:
         return Packed(n, k, w)
     full, rest = divmod(n, NR)
-    out = _aligned((full + (rest > 0), k, NR))
+    out = aligned((full + (rest > 0), k, NR))
     out[:full] = w[:full * NR].reshape(full, NR, k).transpose(0, 2, 1)
     if rest:
         out[full, :, :rest] = w[full * NR:].T
@@ -66,13 +66,14 @@ def pack_weight(w):
     return Packed(n, k, None, out)
 
 
-def _aligned(shape):
-    """Uninitialised float32 array starting on a 64-byte line: a <16 x float> load from a misaligned
-    panel straddles two cache lines (NumPy's large allocations start 16 bytes into a page)."""
-    size = int(np.prod(shape))
-    raw = np.empty(size + 16, np.float32)
-    start = (-raw.ctypes.data % 64) // 4
-    return raw[start:start + size].reshape(shape)
+def aligned(shape, dtype=np.float32):
+    """An uninitialised array starting on a 64-byte line: a vector or tile load from a misaligned buffer
+    straddles two cache lines (NumPy's large allocations start 16 bytes into a page)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
@@ -95,9 +96,9 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         mblocks = -(-m // MC)
         threads = numba.get_num_threads()
         groups = 1 if mblocks >= 4 * threads else min(packed.panels.shape[0], -(-2 * threads // mblocks))
-        xp = _aligned((-(-m // MR) * MR * packed.k,))  # x in MR-row tiles, k-major: the tile's loads run in order
+        xp = aligned((-(-m // MR) * MR * packed.k,))  # x in MR-row tiles, k-major: the tile's loads run in order
         _pack_rows(x, xp)
-        _gemm(xp, m, packed.panels, bias, residual, mode, groups, _aligned((mblocks * groups, -(-packed.panels.shape[0] // groups) * MC * NR)), out)
+        _gemm(xp, m, packed.panels, bias, residual, mode, groups, aligned((mblocks * groups, -(-packed.panels.shape[0] // groups) * MC * NR)), out)
         return out
     if mode == _RESIDUAL:
         y = np.matmul(x, packed.w.T)  # the residual may be `out`: the product needs its own buffer
@@ -211,21 +212,29 @@ def _micro_kernel(mr, nv, width):
 _tile = _micro_kernel(MR, NV, W) if OWN else None
 
 
-@intrinsic
-def _prefetch(typingctx, a, index):
-    """Ask for the cache line holding a's flat element `index`, into L2 (llvm.prefetch: read, locality 2)."""
-    sig = types.void(a, index)
+def prefetch_intrinsic(write, locality):
+    """An intrinsic prefetch(a, index) asking for the cache line of a's flat element `index` (llvm.prefetch:
+    for reading or writing; locality 3 = every level, 2 = L2 and out); a no-op where the CPU has none."""
+    @intrinsic
+    def prefetch(typingctx, a, index):
+        sig = types.void(a, index)
 
-    def codegen(context, builder, signature, args):
-        i32, i8p = ir.IntType(32), ir.IntType(8).as_pointer()
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.int64)])
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            i32, i8p = ir.IntType(32), ir.IntType(8).as_pointer()
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            ptr = builder.gep(data, [context.cast(builder, args[1], signature.args[1], types.int64)])
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(ptr, i8p)] + [ir.Constant(i32, v) for v in (int(write), locality, 1)])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return prefetch
+
+
+_prefetch = prefetch_intrinsic(write=False, locality=2)  # the next weight slice, into L2
+prefetch_write = prefetch_intrinsic(write=True, locality=3)  # output lines ahead of an epilogue (prefetchw)
 
 
 @pjit

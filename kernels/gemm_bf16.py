@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 import llvmlite.binding as llvm
 
-from . import amx
+from . import amx, gemm
 from ._jit import jit, pjit
 from .mlp import _INV_SQRT2, _erf, bias_gelu, gelu
 
@@ -276,9 +276,9 @@ def _prefetch_block(out, res, r0, c0, rows, mode):
     last = min(c0 + BC, n) - 1
     for r in range(r0, r0 + rows):
         for j in (c0, c0 + 16, last):  # 128 bytes: three lines when the row is not 64-byte aligned
-            amx.prefetch_write(out, r * n + j)
+            gemm.prefetch_write(out, r * n + j)
             if mode == 2:
-                amx.prefetch_write(res, r * n + j)
+                gemm.prefetch_write(res, r * n + j)
 
 
 @pjit
@@ -378,7 +378,7 @@ def amx_buffers(m, packed, acc_type):
     """(K steps, the A buffer, rows per chunk, column groups, C scratch) of one AMX call on m rows."""
     steps = packed.panels.shape[1]
     mc, groups = plan(m, steps * amx.DEPTH, packed.panels.shape[0] // amx.CT)
-    return (steps, amx.aligned_bytes(-(-m // BR) * BR * steps * amx.DEPTH), mc, groups,
+    return (steps, gemm.aligned(-(-m // BR) * BR * steps * amx.DEPTH, np.uint8), mc, groups,
             amx.scratch(-(-m // mc) * groups, acc_type))
 
 

@@ -20,9 +20,9 @@ import zlib
 import numpy as np
 
 from .errors import NpvitposeError
+from .kernels.gemm import aligned
 
 _LOCAL_HEADER = 30  # fixed part of a zip local file header, before the name and extra field
-_ALIGN = 64  # every array starts on a cache line
 _CHUNK = 1 << 20  # inflate at most this much per step
 INFLATE_RATIO = 32  # compressed members may inflate to 32x the file (+16 MiB): float weights deflate ~1.1x
 _INFLATE_SLACK = 16 << 20
@@ -200,20 +200,14 @@ def _read_arrays(zf, f, size, mmap):
         if name in mapped:
             arrays[name] = np.frombuffer(whole, dtype, math.prod(shape), stream.pos).reshape(shape, order=order)
             continue
-        view = _aligned_bytes(_nbytes(records[name]))
+        # one allocation per member, so that a loader done with an array frees it (model.Model packs the
+        # linear layers one by one); NumPy gives the large ones huge pages
+        view = aligned(_nbytes(records[name]), np.uint8)
         with member_errors(stream.name):
             stream.readinto(view)
             stream.finish()
         arrays[name] = view.view(dtype).reshape(shape, order=order)
     return arrays
-
-
-def _aligned_bytes(size):
-    """One allocation per member, so that a loader that is done with an array frees it (model.Model packs
-    the linear layers one by one); large ones get huge pages from NumPy's allocator."""
-    raw = np.empty(size + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
-    return raw[start:start + size]
 
 
 def _nbytes(record):

@@ -65,7 +65,7 @@ def tile_rows(candidates, head_dims, rows=attention.ROWS):
         for mr, nv in candidates:
             nro = nv * w
             nd = -(-hd // nro) * nro
-            s, vp, o = (gemm._aligned((size,)) for size in ((rows + mr) * TOKENS, nd * TOKENS, (rows + mr) * nd))
+            s, vp, o = (gemm.aligned(size) for size in ((rows + mr) * TOKENS, nd * TOKENS, (rows + mr) * nd))
             s[:], vp[:], o[:] = 0.01, 1.0, 0.0  # 64-byte aligned as the kernel's scratch
             args[mr, nv] = [s, vp, o, 1, hd, TOKENS, nd]
             runs[mr, nv](*args[mr, nv])

@@ -16,10 +16,10 @@ import npvitpose  # noqa: F401  (first: it sets the thread pools' wait policies)
 import numpy as np
 
 from npvitpose import threads
+from npvitpose.bench import blas_info
 from npvitpose.kernels import gemm, head, patch_embed
 from npvitpose.model import DECONV, VARIANTS
 
-from gemm_table import blas_kernel  # tools/ is on the path when run as a script
 
 
 def blas(packed, rows):
@@ -73,7 +73,7 @@ def main(argv=None):
                    help="cpu: the process's CPU seconds (summed over threads), steadier on a shared machine")
     args = p.parse_args(argv)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    print(f"ISA {gemm.ISA}, micro-kernel {'on' if gemm.OWN else 'absent (BLAS everywhere)'}; BLAS: {blas_kernel()}; "
+    print(f"ISA {gemm.ISA}, micro-kernel {'on' if gemm.OWN else 'absent (BLAS everywhere)'}; BLAS: {blas_info()}; "
           f"{args.clock} clock")
     print("| threads | batch | stage | variant | ms/crop | ratio |")
     print("|---|---|---|---|---|---|")

@@ -15,17 +15,9 @@ import npvitpose  # noqa: F401  (first: it sets the thread pools' wait policies)
 import numpy as np
 
 from npvitpose import threads
+from npvitpose.bench import blas_info
 from npvitpose.kernels import cpu, gemm
 from npvitpose.model import VARIANTS
-
-
-def blas_kernel():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown (no threadpoolctl)"
-    return ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-                     for i in threadpool_info() if i.get("user_api") == "blas")
 
 
 def layers(cfg):
@@ -67,7 +59,7 @@ def main(argv=None):
     if not gemm.OWN:
         print(f"ISA {cpu.ISA}: no micro-kernel on this CPU, BLAS runs everything")
         return 0
-    print(f"ISA {cpu.ISA}, tile {gemm.MR}x{gemm.NR}, KC {gemm.KC}; BLAS: {blas_kernel()}; {args.clock} clock")
+    print(f"ISA {cpu.ISA}, tile {gemm.MR}x{gemm.NR}, KC {gemm.KC}; BLAS: {blas_info()}; {args.clock} clock")
     print("| threads | variant | batch | layer | M x K x N | own GFLOP/s | BLAS GFLOP/s | own/BLAS time | max diff |")
     print("|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
