@@ -229,7 +229,7 @@ def add_arguments(parser):
     parser.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 4, 16],
                         help="batch sizes (crops per forward)")
     parser.add_argument("--threads", type=_positive_int, nargs="+", default=None,
-                        help="thread counts (default: 1 and all cores)")
+                        help="thread counts (default: 1 and the CPUs this process may use: affinity and CPU quota)")
     parser.add_argument("--repeats", type=_positive_int, default=3)
     parser.add_argument("--profile", action="store_true", help="also print where the time of one forward goes")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(model_mod.PRECISIONS),
@@ -304,15 +304,13 @@ def _row(text):
 
 
 def main(args):
-    import numba
-
     from .cli import _note_compile
 
     if args.compare:
         return compare(args)
     if args.model not in model_mod.VARIANTS:
         raise NpvitposeError(f"--model {args.model!r}: timing uses random weights of {', '.join(model_mod.VARIANTS)}")
-    counts = args.threads or sorted({1, numba.config.NUMBA_NUM_THREADS})
+    counts = args.threads or sorted({1, threads.get_threads()})  # threads.py: affinity and cgroup quota
     note(f"bench: random weights of {args.model} ({args.head} head), {', '.join(args.precision)}")
     models = {p: build(args.model, args.head, precision=p) for p in args.precision}
     model = models.get("fp32") or build(args.model, args.head)  # the roofline reads the fp32 weights
