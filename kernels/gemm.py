@@ -7,12 +7,14 @@ The contract every precision module (gemm.py, gemm_bf16.py, gemm_int8.py) follow
         where residual may be `out` itself (in-place accumulation into the residual stream).
 
 Where the CPU has wide vectors (kernels/cpu.py), the weight is packed at load into panels of NR output
-columns, k-major ([N/NR, K, NR]); each call copies x into MR-row tiles, k-major, so the micro-kernel's loads
-run in order; a register-blocked MR x NR micro-kernel written in LLVM IR (explicit <W x float> vectors,
-llvm.fmuladd) accumulates MR rows of x against one panel, KC steps of k at a time, in one parallel region;
+columns, k-major ([N/NR, K, NR]); x is read in place (copying it into k-major row tiles first was never faster,
+0.83-1.03x the time, docs/gemm.md); a register-blocked MR x NR micro-kernel written in LLVM IR (explicit
+<W x float> vectors, llvm.fmuladd) accumulates MR rows of x against one panel, KC steps of k at a time, in one
+parallel region;
 bias, GELU or the residual are applied as each finished tile leaves the accumulators. Elsewhere (NUMBA_CPU_NAME=generic, unknown CPUs) NumPy's BLAS does the product.
 """
 
+import threading
 from typing import NamedTuple
 
 import numba
@@ -66,6 +68,17 @@ def pack_weight(w):
     return Packed(n, k, None, out)
 
 
+_local = threading.local()
+
+
+def _scratch(size):
+    """A 64-byte-aligned float32 buffer of `size`, reused by this thread's calls (an allocation costs ~10 us)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = aligned((size,))
+    return buf[:size]
+
+
 def aligned(shape, dtype=np.float32):
     """An uninitialised array starting on a 64-byte line: a vector or tile load from a misaligned buffer
     straddles two cache lines (NumPy's large allocations start 16 bytes into a page)."""
@@ -96,9 +109,8 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         mblocks = -(-m // MC)
         threads = numba.get_num_threads()
         groups = 1 if mblocks >= 4 * threads else min(packed.panels.shape[0], -(-2 * threads // mblocks))
-        xp = aligned((-(-m // MR) * MR * packed.k,))  # x in MR-row tiles, k-major: the tile's loads run in order
-        _pack_rows(x, xp)
-        _gemm(xp, m, packed.panels, bias, residual, mode, groups, aligned((mblocks * groups, -(-packed.panels.shape[0] // groups) * MC * NR)), out)
+        per = (-(-packed.panels.shape[0] // groups) if packed.k > KL else 1) * MC * NR  # one task's accumulators
+        _gemm(x, m, packed.panels, bias, residual, mode, groups, _scratch(mblocks * groups * per).reshape(-1, per), out)
         return out
     if mode == _RESIDUAL:
         y = np.matmul(x, packed.w.T)  # the residual may be `out`: the product needs its own buffer
@@ -238,18 +250,7 @@ prefetch_write = prefetch_intrinsic(write=True, locality=3)  # output lines ahea
 
 
 @pjit
-def _pack_rows(x, xp):
-    m, k = x.shape
-    for t in prange((m + MR - 1) // MR):  # tile t holds rows t*MR.. as [k][MR]; rows past m repeat the last
-        base = t * MR * k
-        for i in range(MR):
-            r = min(t * MR + i, m - 1)
-            for kk in range(k):
-                xp[base + kk * MR + i] = x[r, kk]
-
-
-@pjit
-def _gemm(xp, m, panels, bias, residual, mode, groups, accs, out):
+def _gemm(x, m, panels, bias, residual, mode, groups, accs, out):
     npanels, k = panels.shape[0], panels.shape[1]
     mblocks = (m + MC - 1) // MC
     for task in prange(mblocks * groups):  # one crop's rows x a range of panels
@@ -257,11 +258,13 @@ def _gemm(xp, m, panels, bias, residual, mode, groups, accs, out):
         rows = min(MC, m - m0)
         group = task // mblocks
         first, last = group * npanels // groups, (group + 1) * npanels // groups
-        acc = accs[task]  # (panels of the group) x MC x NR accumulators, 64-byte aligned
-        acc[:(last - first) * MC * NR] = 0.0
+        acc = accs[task]  # MC x NR accumulators per panel of the group (one, reused, in a single sweep), aligned
+        span = last - first if k > KL else 1
         for kl in range(0, k, KL):
             for p in range(first, last):
-                a0 = (p - first) * MC * NR
+                a0 = (p - first) % span * MC * NR
+                if kl == 0:
+                    acc[a0:a0 + MC * NR] = 0.0
                 for k0 in range(kl, min(kl + KL, k), KC):
                     kc = min(KC, k - k0)
                     # the weight slice after this one (the next k0 of this panel, the next panel, the next sweep)
@@ -276,7 +279,7 @@ def _gemm(xp, m, panels, bias, residual, mode, groups, accs, out):
                     lines = KC * NR // 16 if nxt >= 0 else 0  # 64-byte lines
                     share = -(-lines // -(-rows // MR))
                     for i0 in range(0, rows, MR):
-                        _tile(xp, (m0 + i0) * k + k0 * MR, MR, 1, MR, kc, panels, (p * k + k0) * NR,
+                        _tile(x, (m0 + i0) * k + k0, min(MR, rows - i0), k, 1, kc, panels, (p * k + k0) * NR,
                               acc, a0 + i0 * NR, NR)
                         for line in range(i0 // MR * share, min(lines, (i0 // MR + 1) * share)):
                             _prefetch(panels, min(nxt + 16 * line, panels.size - 1))
