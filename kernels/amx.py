@@ -163,33 +163,13 @@ def block_intrinsic(dot, rt, ct):
 
 _f32, _f64, _i32 = ir.FloatType(), ir.DoubleType(), ir.IntType(32)
 _v16f, _v8d, _v8i = ir.VectorType(_f32, 16), ir.VectorType(_f64, 8), ir.VectorType(_i32, 8)
+_v16i, _v8f, _v16h = ir.VectorType(_i32, 16), ir.VectorType(_f32, 8), ir.VectorType(ir.IntType(16), 16)
 BIAS, GELU, RESIDUAL = 0, 1, 2  # the epilogue modes of the linear layers' contract
 
 
 def _splat(builder, value, vtype):
     v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(_i32, 0))
     return builder.shuffle_vector(v, ir.Constant(vtype, ir.Undefined), ir.Constant(ir.VectorType(_i32, vtype.count), None))
-
-
-def _gelu(builder, x):
-    """kernels/mlp.gelu on <8 x double>: 0.5 x (1 + erf(x / sqrt 2)), erf the same fitted polynomial; GELU(-inf) = 0."""
-    from .mlp import _ERF_CUT, _ERF_P, _INV_SQRT2
-
-    def const(v):
-        return ir.Constant(_v8d, [float(v)] * 8)
-
-    fma = _declare_typed(builder.module, "llvm.fmuladd.v8f64", _v8d, [_v8d] * 3)
-    fabs = _declare_typed(builder.module, "llvm.fabs.v8f64", _v8d, [_v8d])
-    copysign = _declare_typed(builder.module, "llvm.copysign.v8f64", _v8d, [_v8d, _v8d])
-    u = builder.fmul(x, const(_INV_SQRT2))
-    t = builder.fmul(u, u)
-    p = const(_ERF_P[-1])
-    for c in _ERF_P[-2::-1]:
-        p = builder.call(fma, [p, t, const(c)])
-    big = builder.fcmp_ordered(">=", builder.call(fabs, [u]), const(_ERF_CUT))
-    erf = builder.select(big, builder.call(copysign, [const(1.0), u]), builder.fmul(u, p))
-    g = builder.fmul(builder.fmul(const(0.5), x), builder.fadd(const(1.0), erf))
-    return builder.select(builder.fcmp_ordered("==", x, const(-np.inf)), const(0.0), g)
 
 
 def _declare_typed(module, name, ret, args):
@@ -221,20 +201,36 @@ def _vector_at(builder, base, index, vtype):
     return builder.bitcast(builder.gep(base, [index]), vtype.as_pointer())
 
 
-def _halves(builder, v16):
-    lo = builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_i32, 8), list(range(8))))
-    hi = builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_i32, 8), list(range(8, 16))))
-    return lo, hi
-
-
 def _join(builder, lo, hi):
     return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_i32, 16), list(range(16))))
 
 
-def _gelu_f32(builder, y):
-    """GELU of <16 x float> through double precision, as kernels/mlp.gelu."""
-    halves = [_gelu(builder, builder.fpext(h, _v8d)) for h in _halves(builder, y)]
-    return builder.fptrunc(_join(builder, *halves), _v16f)
+def _gelu_f32(builder, x):
+    """GELU of <16 x float> in float32 (erf: kernels/mlp.py's _ERF32_* two-piece fit, 1.3e-7): the bf16/int8
+    epilogues round far coarser than that, and float64 cost them twice the vector work; GELU(-inf) = 0."""
+    from .mlp import _ERF32_CUT, _ERF32_MID, _ERF32_P1, _ERF32_P2, _INV_SQRT2
+
+    def const(v):
+        return ir.Constant(_v16f, [float(np.float32(v))] * 16)
+
+    fma = _declare_typed(builder.module, "llvm.fmuladd.v16f32", _v16f, [_v16f] * 3)
+    fabs = _declare_typed(builder.module, "llvm.fabs.v16f32", _v16f, [_v16f])
+    copysign = _declare_typed(builder.module, "llvm.copysign.v16f32", _v16f, [_v16f, _v16f])
+
+    def horner(coef, v):
+        p = const(coef[-1])
+        for c in coef[-2::-1]:
+            p = builder.call(fma, [p, v, const(c)])
+        return p
+
+    u = builder.fmul(x, const(_INV_SQRT2))
+    a = builder.call(fabs, [u])
+    near = builder.fmul(a, horner(_ERF32_P1, builder.fmul(a, a)))
+    s = builder.fmul(builder.fsub(a, const((_ERF32_CUT + _ERF32_MID) / 2)), const(2 / (_ERF32_CUT - _ERF32_MID)))
+    far = builder.select(builder.fcmp_ordered("<", a, const(_ERF32_CUT)), horner(_ERF32_P2, s), const(1.0))
+    erf = builder.call(copysign, [builder.select(builder.fcmp_ordered("<", a, const(_ERF32_MID)), near, far), u])
+    g = builder.fmul(builder.fmul(const(0.5), x), builder.fadd(const(1.0), erf))
+    return builder.select(builder.fcmp_ordered("==", x, const(-np.inf)), const(0.0), g)
 
 
 def epilogue_f32(mode):
@@ -275,7 +271,8 @@ def epilogue_f32(mode):
 
 def epilogue_int8(mode):
     """epi(c, sz, scale, colsum, out, res, bias, r0, c0, rows): out[r0 + r, c0:c0 + 32] =
-    f64(c[r] - z * colsum) * (s * scale) + bias (GELU | + residual) in double precision, (s, z) = sz[r0 + r]."""
+    f32(c[r] - z * colsum) * (f32(s) * f32(scale)) + bias (GELU | + residual) in float32, (s, z) = sz[r0 + r]:
+    a few float32 roundings, against the int8 quantisation's ~4e-3."""
 
     @intrinsic
     def epi(typingctx, c, sz, scale, colsum, out, res, bias, r0, c0, rows):
@@ -285,34 +282,32 @@ def epilogue_int8(mode):
             n = builder.extract_value(context.make_array(signature.args[4])(context, builder, args[4]).shape, 1)
             r0_v, c0_v, rows_v = args[7:]
 
-            def col(v):
-                return builder.add(c0_v, ir.Constant(_i64, 8 * v))
+            def col(v, width):
+                return builder.add(c0_v, ir.Constant(_i64, width * v))
 
-            sw = [builder.load(_vector_at(builder, sw_p, col(v), _v8d), align=8) for v in range(4)]
-            cs = [builder.load(_vector_at(builder, cs_p, col(v), _v8i), align=4) for v in range(4)]
-            bias = [builder.fpext(builder.load(_vector_at(builder, b_p, col(v), ir.VectorType(_f32, 8)), align=4), _v8d)
-                    for v in range(4)]
+            sw8 = [builder.fptrunc(builder.load(_vector_at(builder, sw_p, col(v, 8), _v8d), align=8), _v8f) for v in range(4)]
+            sw = [_join(builder, sw8[2 * v], sw8[2 * v + 1]) for v in range(2)]
+            cs = [builder.load(_vector_at(builder, cs_p, col(v, 16), _v16i), align=4) for v in range(2)]
+            bias = [builder.load(_vector_at(builder, b_p, col(v, 16), _v16f), align=4) for v in range(2)]
 
             def body(r):
                 row = builder.add(r0_v, r)
                 s = builder.load(builder.gep(sz_p, [builder.mul(row, ir.Constant(_i64, 2))]))
                 z = builder.fptosi(builder.load(builder.gep(sz_p, [builder.add(builder.mul(row, ir.Constant(_i64, 2)),
                                                                                 ir.Constant(_i64, 1))])), _i32)
-                s_v, z_v = _splat(builder, s, _v8d), _splat(builder, z, _v8i)
+                s_v, z_v = _splat(builder, builder.fptrunc(s, _f32), _v16f), _splat(builder, z, _v16i)
                 at = builder.add(builder.mul(row, n), c0_v)
-                for v in range(4):
+                for v in range(2):
                     t = builder.load(_vector_at(builder, c_p, builder.add(builder.mul(r, ir.Constant(_i64, 32)),
-                                                                          ir.Constant(_i64, 8 * v)), _v8i), align=4)
-                    d = builder.sitofp(builder.sub(t, builder.mul(z_v, cs[v])), _v8d)
+                                                                          ir.Constant(_i64, 16 * v)), _v16i), align=4)
+                    d = builder.sitofp(builder.sub(t, builder.mul(z_v, cs[v])), _v16f)
                     y = builder.fadd(builder.fmul(d, builder.fmul(s_v, sw[v])), bias[v])
-                    o = builder.add(at, ir.Constant(_i64, 8 * v))
+                    o = builder.add(at, ir.Constant(_i64, 16 * v))
                     if mode == GELU:
-                        y = _gelu(builder, y)
+                        y = _gelu_f32(builder, y)
                     elif mode == RESIDUAL:
-                        e = builder.load(_vector_at(builder, e_p, o, ir.VectorType(_f32, 8)), align=4)
-                        y = builder.fadd(y, builder.fpext(e, _v8d))
-                    builder.store(builder.fptrunc(y, ir.VectorType(_f32, 8)), _vector_at(builder, o_p, o, ir.VectorType(_f32, 8)),
-                                  align=4)
+                        y = builder.fadd(y, builder.load(_vector_at(builder, e_p, o, _v16f), align=4))
+                    builder.store(y, _vector_at(builder, o_p, o, _v16f), align=4)
 
             _row_loop(builder, rows_v, body)
             return context.get_dummy_value()
@@ -325,3 +320,116 @@ def epilogue_int8(mode):
 def scratch(tasks, dtype):
     """One 64-byte aligned 32 x 32 C block per parallel task."""
     return aligned((tasks, TM * TM * RT * CT), dtype)
+
+
+# ---- packing the activations into A, as explicit vectors (Numba's loops over them stayed scalar: the int8
+# quantisation cost up to half of fc2's time, the bf16 rounding a tenth) ----
+
+def _element_ptr(context, builder, array_type, array, offset):
+    return builder.gep(_data(context, builder, array_type, array), [offset])
+
+
+@intrinsic
+def row_range(typingctx, x, off, count, ends):
+    """Over x.flat[off:off + count] (count a multiple of 64) and 0: ends[0] = min, ends[1] = max; returns 1
+    when a value is NaN or inf (then ends is meaningless), else 0."""
+    def codegen(context, builder, signature, args):
+        tx, _, _, te = signature.args
+        x_v, off_v, count_v, ends_v = args
+        base = _element_ptr(context, builder, tx, x_v, off_v)
+        v1 = ir.VectorType(ir.IntType(1), 16)
+        exp = ir.Constant(_v16i, [0x7F800000] * 16)
+        entry = builder.block
+        loop, done = builder.append_basic_block("range.loop"), builder.append_basic_block("range.done")
+        zero = ir.Constant(_v16f, [0.0] * 16)
+        builder.cbranch(builder.icmp_signed(">", count_v, ir.Constant(_i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(_i64)
+        j.add_incoming(ir.Constant(_i64, 0), entry)
+        lo = [builder.phi(_v16f) for _ in range(4)]
+        hi = [builder.phi(_v16f) for _ in range(4)]
+        bad = builder.phi(v1)
+        for p in lo + hi:
+            p.add_incoming(zero, entry)
+        bad.add_incoming(ir.Constant(v1, [0] * 16), entry)
+        new_lo, new_hi, new_bad = [], [], bad
+        for u in range(4):
+            bits = builder.load(_vector_at(builder, base, builder.add(j, ir.Constant(_i64, 16 * u)), _v16i), align=4)
+            v = builder.bitcast(bits, _v16f)
+            new_lo.append(builder.select(builder.fcmp_ordered("<", v, lo[u]), v, lo[u]))
+            new_hi.append(builder.select(builder.fcmp_ordered(">", v, hi[u]), v, hi[u]))
+            new_bad = builder.or_(new_bad, builder.icmp_unsigned("==", builder.and_(bits, exp), exp))
+        j_next = builder.add(j, ir.Constant(_i64, 64))
+        j.add_incoming(j_next, loop)
+        for p, v in zip(lo + hi + [bad], new_lo + new_hi + [new_bad]):
+            p.add_incoming(v, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count_v), loop, done)
+        builder.position_at_end(done)
+        outs = []
+        for v0, v in [(zero, w) for w in new_lo + new_hi] + [(ir.Constant(v1, [0] * 16), new_bad)]:
+            p = builder.phi(v.type)
+            p.add_incoming(v0, entry)
+            p.add_incoming(v, loop)
+            outs.append(p)
+        m_lo, m_hi = outs[0], outs[4]
+        for u in range(1, 4):
+            m_lo = builder.select(builder.fcmp_ordered("<", outs[u], m_lo), outs[u], m_lo)
+            m_hi = builder.select(builder.fcmp_ordered(">", outs[4 + u], m_hi), outs[4 + u], m_hi)
+        reduce_min = _declare_typed(builder.module, "llvm.vector.reduce.fmin.v16f32", _f32, [_v16f])
+        reduce_max = _declare_typed(builder.module, "llvm.vector.reduce.fmax.v16f32", _f32, [_v16f])
+        reduce_or = _declare_typed(builder.module, "llvm.vector.reduce.or.v16i1", ir.IntType(1), [v1])
+        e_p = _data(context, builder, te, ends_v)
+        builder.store(builder.call(reduce_min, [m_lo]), e_p)
+        builder.store(builder.call(reduce_max, [m_hi]), builder.gep(e_p, [ir.Constant(_i64, 1)]))
+        return builder.zext(builder.call(reduce_or, [outs[8]]), _i32)
+
+    return types.int32(x, off, count, ends), codegen
+
+
+@intrinsic
+def quantize64(typingctx, x, off, inv, zp, a, a_off):
+    """a.flat[a_off:a_off + 64] = clip(rint(float64(x.flat[off + j]) * inv) + zp, 0, 255) as u8, j < 64."""
+    def codegen(context, builder, signature, args):
+        tx, _, _, _, ta, _ = signature.args
+        x_v, off_v, inv_v, zp_v, a_v, a_off_v = args
+        src = _element_ptr(context, builder, tx, x_v, off_v)
+        dst = _element_ptr(context, builder, ta, a_v, a_off_v)
+        rint = _declare_typed(builder.module, "llvm.rint.v8f64", _v8d, [_v8d])
+        vmax = _declare_typed(builder.module, "llvm.maxnum.v8f64", _v8d, [_v8d, _v8d])
+        vmin = _declare_typed(builder.module, "llvm.minnum.v8f64", _v8d, [_v8d, _v8d])
+        inv8, zp8 = _splat(builder, inv_v, _v8d), _splat(builder, zp_v, _v8d)
+        lo, hi = ir.Constant(_v8d, [0.0] * 8), ir.Constant(_v8d, [255.0] * 8)
+        v8b = ir.VectorType(_i8, 8)
+        for v in range(8):
+            f = builder.fpext(builder.load(_vector_at(builder, src, ir.Constant(_i64, 8 * v), _v8f), align=4), _v8d)
+            q = builder.fadd(builder.call(rint, [builder.fmul(f, inv8)]), zp8)
+            q = builder.call(vmin, [builder.call(vmax, [q, lo]), hi])
+            builder.store(builder.trunc(builder.fptosi(q, _v8i), v8b), _vector_at(builder, dst, ir.Constant(_i64, 8 * v), v8b),
+                          align=1)
+        return context.get_dummy_value()
+
+    return types.void(x, off, inv, zp, a, a_off), codegen
+
+
+@intrinsic
+def bf16_32(typingctx, xu, off, a, a_off):
+    """a.flat[a_off:a_off + 32] = bf16 bits of xu.flat[off + j] (float32 bits), round to nearest even, NaN quiet."""
+    def codegen(context, builder, signature, args):
+        tx, _, ta, _ = signature.args
+        x_v, off_v, a_v, a_off_v = args
+        src = _element_ptr(context, builder, tx, x_v, off_v)
+        dst = _element_ptr(context, builder, ta, a_v, a_off_v)
+
+        def c(v):
+            return ir.Constant(_v16i, [v] * 16)
+
+        for v in range(2):
+            u = builder.load(_vector_at(builder, src, ir.Constant(_i64, 16 * v), _v16i), align=4)
+            high = builder.lshr(u, c(16))
+            rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), builder.and_(high, c(1))), c(16))
+            nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
+            b = builder.select(nan, builder.or_(high, c(0x40)), rounded)
+            builder.store(builder.trunc(b, _v16h), _vector_at(builder, dst, ir.Constant(_i64, 16 * v), _v16h), align=2)
+        return context.get_dummy_value()
+
+    return types.void(xu, off, a, a_off), codegen

@@ -254,15 +254,14 @@ def _pack_amx(xu, a, steps):
     """x (uint32 view) -> A for the tiles: bf16 in strips of 16 rows (amx.pack_strips' layout), rows
     padded to the block and K to steps * 32 with zeros."""
     m, k = xu.shape
+    flat = xu.reshape(-1)
     for r in prange(a.size // (steps * 32)):
         base = (r // amx.TM) * steps * 512 + (r % amx.TM) * 32  # 512 bf16 a tile, 32 a tile row
         for s in range(steps):
             dst = a[base + s * 512:base + s * 512 + 32]
             j0 = s * 32
             if r < m and j0 + 32 <= k:
-                src = xu[r, j0:j0 + 32]
-                for j in range(32):
-                    dst[j] = _bf16_of(np.uint32(src[j]))
+                amx.bf16_32(flat, r * k + j0, a, base + s * 512)
             else:  # the padding
                 for j in range(32):
                     dst[j] = _bf16_of(np.uint32(xu[r, j0 + j])) if r < m and j0 + j < k else 0

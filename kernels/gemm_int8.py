@@ -8,7 +8,8 @@ The contract of kernels/gemm.py (`pack_weight`, `linear`), with int8 weights and
   zero point z = rint(-min / s), u = clip(rint(x / s) + z, 0, 255), so x ~ s * (u - z). Asymmetric
   (rather than u = q + 128) because post-GELU rows are one-sided: it doubles their resolution.
   acc = sum_k u * q exactly in int32 (|acc - z * colsum| <= 2 * 255 * 127 * K < 2^31: weights wider than
-  33000 inputs are refused), then out = s * sw[n] * (acc - z * colsum[n]) + bias in double precision.
+  33000 inputs are refused), then out = s * sw[n] * (acc - z * colsum[n]) + bias (in float32 on the AMX
+  blocks, kernels/amx.epilogue_int8; in double precision elsewhere).
   AMX (kernels/amx.py, as in gemm_bf16: activations quantised in one parallel pass, 32 x 32 blocks)
   where the CPU has it, else AVX512-VNNI 8x48 register tiles.
 Where the CPU (or Numba's target) lacks AVX512-VNNI, the same integers are multiplied by NumPy's
@@ -171,48 +172,48 @@ def _gemm(x, panels, scale, colsum, n, bias, res, out, mode, chunk):
                        min(MR, rows - s * MR), cols, mode)
 
 
-@jit
-def _order_key(u):
-    """float32 bits -> an int whose order is the floats' (an integer min/max vectorises; a float one does not)."""
-    i = np.int64(np.int32(u))
-    return i ^ ((i >> 31) & 0x7FFFFFFF)
-
-
 @pjit
 def _pack_amx(x, a, steps, sz, bad):
     """x -> A for the tiles: u8 in strips of 16 rows (amx.pack_strips' layout), rows padded to the block and
     K to steps * 64 with zeros; sz[r] = (scale, zero point); bad[r] = 1 where row r holds NaN or inf (it is
-    packed as zeros)."""
+    packed as zeros). Whole 64-input runs go through amx.row_range / amx.quantize64, the tail as scalars."""
     m, k = x.shape
-    xu = x.view(np.uint32)
+    full = k // amx.DEPTH * amx.DEPTH
+    flat = x.reshape(-1)
+    ends = np.zeros((m, 2), np.float32)
     for r in prange(a.size // (steps * amx.DEPTH)):
         base = (r // amx.TM) * steps * amx.TILE + (r % amx.TM) * amx.DEPTH
-        for t in range(steps):
-            a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH] = 0
         if r >= m:
+            for t in range(steps):
+                a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH] = 0
             continue
-        lo, hi = 0, 0
-        for j in range(k):
-            key = _order_key(xu[r, j])
-            lo = min(lo, key)
-            hi = max(hi, key)
-        ends = np.array([lo ^ ((lo >> 31) & 0x7FFFFFFF), hi ^ ((hi >> 31) & 0x7FFFFFFF)], np.int64)
-        lo_v, hi_v = ends.astype(np.int32).view(np.float32)  # min(x, 0) and max(x, 0), exactly
-        if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
+        row_bad = amx.row_range(flat, r * k, full, ends[r])
+        lo_v, hi_v = np.float64(ends[r, 0]), np.float64(ends[r, 1])
+        for j in range(full, k):
+            v = np.float64(x[r, j])
+            if not np.isfinite(v):
+                row_bad = 1
+            lo_v, hi_v = min(lo_v, v), max(hi_v, v)
+        if row_bad:
             bad[r], sz[r, 0], sz[r, 1] = 1, 1.0, 0.0
+            for t in range(steps):
+                a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH] = 0
             continue
         bad[r] = 0
-        s = (np.float64(hi_v) - np.float64(lo_v)) / 255.0
+        s = (hi_v - lo_v) / 255.0
         if not s > 0.0 or s == np.inf:  # an all-zero row
             s = 1.0
-        zp = np.rint(-np.float64(lo_v) / s)
+        zp = np.rint(-lo_v / s)
         sz[r, 0], sz[r, 1] = s, zp
         inv = 1.0 / s
-        for t in range(steps):
+        for t in range(full // amx.DEPTH):
+            amx.quantize64(flat, r * k + t * amx.DEPTH, inv, zp, a, base + t * amx.TILE)
+        for t in range(full // amx.DEPTH, steps):  # the tail and K's padding
             j0 = t * amx.DEPTH
-            dst, src = a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH], x[r, j0:min(k, j0 + amx.DEPTH)]
-            for j in range(src.size):
-                dst[j] = np.uint8(min(max(np.rint(np.float64(src[j]) * inv) + zp, 0.0), 255.0))
+            dst = a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH]
+            dst[:] = 0
+            for j in range(j0, min(k, j0 + amx.DEPTH)):
+                dst[j - j0] = np.uint8(min(max(np.rint(np.float64(x[r, j]) * inv) + zp, 0.0), 255.0))
 
 
 @pjit

@@ -89,6 +89,20 @@ def test_int8_linear_matches_twin(m, k, n, epilogue, path):
 
 
 @pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
+def test_gelu_epilogue_against_torch(module, path):
+    """x = 0, so out = GELU(bias) through the epilogue alone (AMX: float32 erf, 1.3e-7), against torch's exact GELU."""
+    v = np.concatenate([np.linspace(-9, 9, 4001), rng.standard_normal(1000) * 3, [0.0, -0.0, 1e-30, -1e-30]])
+    v = np.concatenate([v, [np.inf, -np.inf, np.nan]]).astype(np.float32)
+    got = module.linear(np.zeros((3, 64), np.float32), module.pack_weight(np.ones((v.size, 64), np.float32)), v, gelu=True)
+    ref = torch.nn.functional.gelu(torch.from_numpy(v.astype(np.float64))).numpy()
+    assert np.array_equal(got, np.broadcast_to(got[0], got.shape), equal_nan=True)  # every row alike
+    fin = np.isfinite(v)
+    err = np.abs(got[0, fin] - ref[fin])
+    assert err.max() <= 2e-6 and (err <= 2e-7 * np.abs(v[fin]) + 1e-37).all()
+    assert got[0, -3] == np.inf and got[0, -2] == 0 and np.isnan(got[0, -1])
+
+
+@pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
 def test_residual_in_place_and_no_bias(module, path):
     x, w, _, res = case(40, 64, 100, seed=2)
     packed = module.pack_weight(w)
