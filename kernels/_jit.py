@@ -3,7 +3,8 @@
 - cache=True: machine code is cached beside the module (or in Numba's user cache when the package
   folder is read-only), so only the first process pays for compiling. Where no cache folder is
   writable at all (a read-only container with no HOME and no NUMBA_CACHE_DIR) the kernels compile
-  in memory, after one `npvitpose: warning:` line.
+  in memory, after one `npvitpose: warning:` line. A cold `npvitpose infer` compiles its kernels on two
+  processes at once (`precompile`).
 - nogil=True: a service may call the model from several threads.
 - fastmath: only `contract` (fused multiply-add) and `reassoc` (vectorised reductions). We leave out
   `nnan`/`ninf`, so NaN and inf in the input still propagate instead of being silently assumed away.
@@ -112,3 +113,168 @@ def _openmp_vendor():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Cold start on two cores. Numba compiles under one lock per process, so a first run's ~20 s of compiling
+# uses one core. `precompile` splits the kernels a run needs with one helper process: each takes the next
+# unclaimed kernel (an O_EXCL file per kernel: never compiled by both), the helper from the end of the list,
+# this process from the start. The helper writes into a private cache folder, whose files are copied beside
+# ours afterwards only where we have none: no two processes ever write one cache file (two compiling one
+# function at once can leave a cache whose index names another signature's code; numba/numba#10128 has a
+# segfault from such a race). Whatever the helper did not finish
+# (it failed, was slow, the platform cannot start it) this process compiles on first use, as without it.
+
+_HELPER_TIMEOUT = 300  # seconds the helper may take past our own share before it is killed
+
+
+def calls(dry_run):
+    """[(dispatcher, [signatures])] of the not-yet-compiled jitted functions Python calls in dry_run(), in first-call
+    order. Nothing is compiled and none of them runs (each call returns None, so outputs stay as allocated): the
+    dry run follows the real one's types and shapes, never its values. Its exceptions end it quietly."""
+    import numpy as np
+    from numba.core.dispatcher import Dispatcher
+
+    seen = {}
+    real = Dispatcher.compile
+
+    def record(self, sig):
+        seen.setdefault(self, [])
+        if sig not in seen[self]:
+            seen[self].append(sig)
+        return lambda *args, **kws: None  # Numba's call path invokes what compile returns
+
+    Dispatcher.compile = record
+    try:
+        with np.errstate(all="ignore"):
+            dry_run()
+    except Exception:  # garbage values reach checks the real run passes (finite heatmaps): the types are known
+        pass
+    finally:
+        Dispatcher.compile = real
+    return list(seen.items())
+
+
+def _by_name(dispatcher):
+    """The dispatcher as a helper process finds it (module, name), or None (a closure, a serial twin)."""
+    fn = dispatcher.py_func
+    found = getattr(sys.modules.get(fn.__module__), fn.__qualname__, None)
+    return (fn.__module__, fn.__qualname__) if getattr(found, "parallel", found) is dispatcher else None
+
+
+def _compile(items, order, claims, still_wanted=lambda: True):
+    for i in order:
+        if not still_wanted():
+            return
+        try:
+            os.close(os.open(os.path.join(claims, str(i)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        dispatcher, sigs = items[i]
+        try:
+            for sig in sigs:
+                dispatcher.compile(sig)
+        except Exception:  # the real call raises it again, where the user's run reports it
+            continue
+
+
+def _cache_folders(extra=()):
+    """{module name: its Numba cache folder} for the kernel modules loaded here and the modules named in extra."""
+    from numba.core.dispatcher import Dispatcher
+
+    out = {}
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(__name__.rsplit(".", 1)[0] + ".") and name not in extra:
+            continue
+        for fn in list(vars(module).values()):
+            fn = getattr(fn, "parallel", fn)
+            if isinstance(fn, Dispatcher) and fn.stats.cache_path:
+                out[name] = fn.stats.cache_path
+                break
+    return out
+
+
+def _adopt(theirs, ours):
+    """Copy each function's cache files (index `X.nbi`, data `X.<n>.nbc`) from folder `theirs` into `ours` where
+    `ours` has no index of that function: data first, index last, each by rename, so a reader never sees an
+    index without its data."""
+    try:
+        names = os.listdir(theirs)
+        os.makedirs(ours, exist_ok=True)
+    except OSError:
+        return
+    for index in [n for n in names if n.endswith(".nbi")]:
+        stem = index[:-len(".nbi")]
+        if os.path.exists(os.path.join(ours, index)):
+            continue
+        try:
+            for name in [n for n in names if n.startswith(stem + ".") and n.endswith(".nbc")] + [index]:
+                tmp = os.path.join(ours, f".{name}.{os.getpid()}.tmp")
+                with open(os.path.join(theirs, name), "rb") as src, open(tmp, "wb") as dst:
+                    dst.write(src.read())
+                os.replace(tmp, os.path.join(ours, name))
+        except OSError:  # a full disk, a folder turned read-only: we compile these ourselves
+            continue
+
+
+def precompile(dry_run):
+    """Compile, on this process and one helper at once, every kernel dry_run() would compile (see `calls`)."""
+    import pickle
+    import shutil
+    import subprocess
+    import tempfile
+
+    if not CACHE or _serial_child:
+        return
+    items = calls(dry_run)
+    named = [_by_name(d) for d, _ in items]
+    shared = [i for i, n in enumerate(named) if n is not None]
+    if len(shared) < 2:
+        return
+    work = tempfile.mkdtemp(prefix="npvitpose-jit-")
+    claims, private = os.path.join(work, "claims"), os.path.join(work, "cache")
+    os.mkdir(claims)
+    helper = None
+    try:
+        job = pickle.dumps({"parent": os.getpid(), "claims": claims,
+                            "items": [(i, named[i], items[i][1]) for i in reversed(shared)]})
+        env = dict(os.environ, NUMBA_CACHE_DIR=private, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        try:
+            helper = subprocess.Popen([sys.executable, "-c", f"import {__name__} as j; j._helper()"], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            helper.stdin.write(job)
+            helper.stdin.close()
+        except OSError:  # no process to spare (limits, a sandbox) or it died at once: everything is compiled here
+            if helper is not None:
+                helper.kill()
+                helper.wait()
+            helper = None
+        _compile(items, range(len(items)), claims)
+        if helper is not None:
+            helper.wait(timeout=_HELPER_TIMEOUT)  # its one line of output fits in the pipe
+            out = helper.stdout.read()
+            if helper.returncode == 0:
+                ours = _cache_folders({n[0] for n in named if n})
+                for module, folder in pickle.loads(out).items():
+                    if module in ours:
+                        _adopt(folder, ours[module])
+    except (subprocess.TimeoutExpired, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError):
+        pass  # what the helper did not give us compiles on first use
+    finally:
+        if helper is not None and helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _helper():
+    """The helper process of `precompile`: job on stdin, {module: cache folder} pickled on stdout at the end."""
+    import importlib
+    import pickle
+
+    job = pickle.loads(sys.stdin.buffer.read())
+    items = {}
+    for i, (module, name), sigs in job["items"]:
+        found = getattr(importlib.import_module(module), name)
+        items[i] = (getattr(found, "parallel", found), sigs)
+    _compile(items, list(items), job["claims"], lambda: os.getppid() == job["parent"])
+    sys.stdout.buffer.write(pickle.dumps(_cache_folders({module for _, (module, _), _ in job["items"]})))

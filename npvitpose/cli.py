@@ -122,11 +122,14 @@ def _pred_targets(folder, inputs):
 
 
 def _note_compile():
+    """Say so when the kernels are about to compile (an empty cache); -> whether they are."""
     from .run import jit_cache_cold
 
-    if jit_cache_cold():
+    cold = jit_cache_cold()
+    if cold:
         note("first run: compiling the kernels for this machine, once (about 10 s, up to a minute on a busy "
              "machine); later runs reuse them")
+    return cold
 
 
 def cmd_infer(args, parser):
@@ -190,7 +193,8 @@ def cmd_infer(args, parser):
             if model.precision != "fp32" and not model._gemm.FAST:
                 warn(f"--precision {args.precision}: {kernel_name(args.precision)}")
             runner = run.Runner(model, _options(args))
-            _note_compile()
+            if _note_compile():
+                run.precompile(runner)
             results, failed = run.run(runner, detections, inputs, targets, sink, done)
     finally:
         if sink is not None:

@@ -233,6 +233,18 @@ def jit_cache_cold(modules=None):
     return cached > 0 and missing == cached
 
 
+def precompile(runner):
+    """On a cold cache, compile the kernels of the runner's first forward on two processes at once (kernels/_jit.py
+    precompile), following a dry run of one person in a small image, flipped as the options say."""
+    from .kernels import _jit
+    from .pipeline import predict
+
+    image = np.zeros((64, 48, 3), np.uint8)[:, :, ::-1]  # a BGR buffer seen as RGB, as images.read_image gives
+    o = runner.options
+    _jit.precompile(lambda: predict(runner.model, image, np.array([[4.0, 4.0, 32.0, 48.0]]), box_format="xywh",
+                                    color="rgb", flip=o.flip, decode=o.decode))
+
+
 def check_job(inputs, boxes):
     """Refuse, before any model work, a job that cannot give a result; -> the images that have no boxes."""
     videos = [p for p in inputs if is_video(p)]

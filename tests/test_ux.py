@@ -257,11 +257,15 @@ def test_compile_note_is_said_once_when_the_cache_is_cold(tmp_path, capsys, mode
     dets = write_json(tmp_path / "b.json", BOXES)
     monkeypatch.setattr(cli, "_note_compile", _note_compile)
     monkeypatch.setattr(R, "jit_cache_cold", lambda: True)
+    shared = []  # a cold run compiles on two processes (tests/test_startup.py), a warm one does not try
+    monkeypatch.setattr(R, "precompile", lambda runner: shared.append(runner.model.num_keypoints))
     code, _, err = run(capsys, "infer", image, dets, "--model", model_path)
     assert code == 0 and err.startswith("npvitpose: first run: compiling the kernels for this machine, once")
     assert run(capsys, "infer", image, dets, "--model", model_path, "--quiet")[2] == ""
+    assert len(shared) == 2
     monkeypatch.setattr(R, "jit_cache_cold", lambda: False)
     assert run(capsys, "infer", image, dets, "--model", model_path)[2] == ""
+    assert len(shared) == 2
 
 
 def test_bench_says_what_it_is_doing_and_quiet_silences_it(capsys, monkeypatch):

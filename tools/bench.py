@@ -176,18 +176,21 @@ def peak_rss(engine, folder, variant, head, threads):
     return rss
 
 
-def startup(folder, image, boxes):
-    """Wall time of `npvitpose infer` for one image and one box, with a cold and with a warm JIT cache."""
-    out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for label in ("cold", "warm"):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "npvitpose.cli", "infer", str(image), str(boxes), "--model",
-                            str(Path(folder) / "model.npz"), "-o", os.path.join(cache, "out.json")],
-                           env=env, check=True, capture_output=True)
-            out[label] = time.perf_counter() - t
-    return out
+def startup(folder, image, boxes, repeats=3):
+    """Wall time of `npvitpose infer` for one image and one box, cold (a new, empty JIT cache each time) and warm
+    (the cache the cold run just left): medians of `repeats` pairs, with every run's figure beside them."""
+    runs = {"cold": [], "warm": []}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            for label in ("cold", "warm"):
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "npvitpose.cli", "infer", str(image), str(boxes), "--model",
+                                str(Path(folder) / "model.npz"), "-o", os.path.join(cache, "out.json")],
+                               env=env, check=True, capture_output=True)
+                runs[label].append(time.perf_counter() - t)
+    return {"cold": float(np.median(runs["cold"])), "warm": float(np.median(runs["warm"])),
+            "cold_runs": runs["cold"], "warm_runs": runs["warm"]}
 
 
 def median_range(values):
