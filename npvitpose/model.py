@@ -15,7 +15,7 @@ from .kernels.attention import attention
 from .kernels.head import conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4, upsample4_conv3x3
 from .kernels.layernorm import layernorm
 from .kernels.patch_embed import embed, embed_weight, grid
-from .npz import read_npz
+from .npz import Archive
 from .outputs import atomic_output
 
 FORMAT_VERSION = metadata.FORMAT_VERSION
@@ -103,42 +103,52 @@ class Model:
     """A loaded ViTPose: `forward` maps normalised crops to heatmaps; calling it runs the whole pipeline."""
 
     def __init__(self, weights, meta, precision="fp32", *, copy=True):
-        """copy=False hands `weights` over: its linear layers are removed as they are packed (load() uses it,
-        so peak memory is one fp32 copy of the weights, not two)."""
+        """weights: float32 arrays under the checkpoint's names, in a dict or an npz.Archive (load() streams one:
+        each linear layer is read, checked, packed and freed before the next is read, so the peak is the
+        packed weights plus one fp32 layer). copy=False hands a dict over: its entries are removed as read.
+        Every key, dtype and shape is checked before any value is read, every value before it is used."""
         self.precision = _check_precision(precision)
         self.meta = dict(meta)
         self.config = _config_from_meta(self.meta, weights)
         self.num_keypoints = self.config.num_keypoints
-        _validate(weights, self.config)
-        self.weights = dict(weights) if copy else weights  # int8 rescales its layer norms
+        _validate(weights.headers() if isinstance(weights, Archive) else
+                  {k: (v.dtype, v.shape) for k, v in weights.items()}, self.config)
         self._lock = threading.Lock()  # one forward at a time: each already uses every core
         self._gemm = PRECISIONS[self.precision]  # the module every linear layer goes through (pack_weight / linear)
-        self._prepare()
+        take = weights.pop if isinstance(weights, Archive) or not copy else weights.__getitem__
+        self.weights = {}
+        self._prepare(lambda key: _checked(key, take(key)))
         self.weights = {k: np.array(v) for k, v in self.weights.items()}  # own copies: nothing else is kept alive
 
-    def _prepare(self):
-        """Lay out, once, what the forward needs in GEMM-ready form; the names stay the checkpoint's."""
+    def _prepare(self, take):
+        """Lay out, once, what the forward needs in GEMM-ready form; the names stay the checkpoint's.
+        `take(key)` gives a checked weight; self.weights keeps only what _forward reads (norms, biases)."""
         w, cfg = self.weights, self.config
-        self._linear = {}
-        for key in [k for k in w if k.startswith("backbone.blocks.")
-                    and k.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))]:
-            self._linear[key] = self._pack(key)
-            del w[key]  # the forward reads only the packed form; an array handed over is freed here
-        pos = w["backbone.pos_embed"][0]
+        linear = [k for k in weight_shapes(cfg) if k.startswith("backbone.blocks.")
+                  and k.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))]
+        for key in weight_shapes(cfg):  # all but the linear layers first: int8's _pack rescales the norms
+            if key not in linear:
+                w[key] = take(key)
+        pos = w.pop("backbone.pos_embed")[0]
         self._pos = np.ascontiguousarray(pos[1:] + pos[0])  # spec 1.2: slot 0 is added to every token
         # the patch embedding and the head's 1x1 stay fp32 at every precision
-        self._patch_w = embed_weight(w["backbone.patch_embed.proj.weight"])
+        self._patch_w = embed_weight(w.pop("backbone.patch_embed.proj.weight"))
         if cfg.head == "classic":
             self._deconv = []
             for layer in (0, 3):
-                bn = f"keypoint_head.deconv_layers.{layer + 1}."
-                wt, b = fold_batchnorm(w[f"keypoint_head.deconv_layers.{layer}.weight"], w[bn + "running_mean"],
-                                       w[bn + "running_var"], w[bn + "weight"], w[bn + "bias"])
+                bn = [w.pop(f"keypoint_head.deconv_layers.{layer + 1}.{name}")
+                      for name in ("running_mean", "running_var", "weight", "bias")]
+                wt, b = fold_batchnorm(w.pop(f"keypoint_head.deconv_layers.{layer}.weight"), *bn)
                 self._deconv.append((deconv_weight(wt, module=gemm if HEAD_IN_FP32 else self._gemm), b))
             # (256, K) for BLAS: at K = 17 columns the micro-kernel's 48-wide panels were 1.2-3.3x slower (docs/head.md)
-            self._final_w = np.ascontiguousarray(w["keypoint_head.final_layer.weight"][:, :, 0, 0].T)
+            self._final_w = np.ascontiguousarray(w.pop("keypoint_head.final_layer.weight")[:, :, 0, 0].T)
         else:
-            self._final_w = conv3x3_weight(w["keypoint_head.final_layer.weight"])
+            self._final_w = conv3x3_weight(w.pop("keypoint_head.final_layer.weight"))
+        self._linear = {}  # last, one layer at a time: the head's transients above stay out of this peak
+        for key in linear:
+            w[key] = take(key)
+            self._linear[key] = self._pack(key)
+            del w[key]  # the forward reads only the packed form; freed here, before the next layer is read
 
     def _pack(self, key):
         """One linear layer's weight packed for this precision (int8: INT8_IN_FP32 and INT8_SMOOTHED)."""
@@ -275,23 +285,29 @@ def _config_from_meta(meta, weights):
                   head=meta["head"], ln_eps=float(meta["ln_eps"]))
 
 
-def _validate(weights, cfg):
+def _validate(headers, cfg):
+    """Every key, dtype and shape ({key: (dtype, shape)}), before any value is read."""
     expected = weight_shapes(cfg)
-    for key in sorted(set(weights) - set(expected)):
+    for key in sorted(set(headers) - set(expected)):
         raise NpvitposeError(f"unexpected weight {key!r} for a {cfg.head} model of depth {cfg.depth}")
     for key, shape in expected.items():
-        if key not in weights:
+        if key not in headers:
             raise NpvitposeError(f"missing weight {key!r}")
-        a = weights[key]
-        if a.dtype != np.float32:
-            raise NpvitposeError(f"weight {key!r} has dtype {a.dtype}, expected float32")
-        if a.shape != shape:
-            raise NpvitposeError(f"weight {key!r} has shape {a.shape}, expected {shape}")
-        # NaN fails both comparisons; no trained weight comes near 1e6, and such values overflow float32 later
-        if not (a.size == 0 or -MAX_WEIGHT <= a.min() and a.max() <= MAX_WEIGHT):
-            raise NpvitposeError(f"weight {key!r} contains NaN or inf, or values beyond +-{MAX_WEIGHT:g}")
-        if key.endswith("running_var") and a.size and a.min() < 0:
-            raise NpvitposeError(f"weight {key!r} holds a negative variance")
+        dtype, got = headers[key]
+        if dtype != np.float32:
+            raise NpvitposeError(f"weight {key!r} has dtype {dtype}, expected float32")
+        if got != shape:
+            raise NpvitposeError(f"weight {key!r} has shape {got}, expected {shape}")
+
+
+def _checked(key, a):
+    """One weight's values, before use."""
+    # NaN fails both comparisons; no trained weight comes near 1e6, and such values overflow float32 later
+    if not (a.size == 0 or -MAX_WEIGHT <= a.min() and a.max() <= MAX_WEIGHT):
+        raise NpvitposeError(f"weight {key!r} contains NaN or inf, or values beyond +-{MAX_WEIGHT:g}")
+    if key.endswith("running_var") and a.size and a.min() < 0:
+        raise NpvitposeError(f"weight {key!r} holds a negative variance")
+    return a
 
 
 def from_weights(weights, meta, precision="fp32"):
@@ -312,13 +328,13 @@ def load(path, mmap=False, precision="fp32"):
     if os.path.isdir(path) or path.endswith((".pth", ".safetensors")):
         raise NpvitposeError(
             f"{path}: a checkpoint, not a converted model; run `npvitpose convert {path} -o MODEL.npz`")
-    arrays = read_npz(path, mmap=mmap)
-    if "__meta__" not in arrays:
-        raise NpvitposeError(f"{path}: not an npvitpose model (no __meta__ record; convert it first)")
-    try:
-        return Model(arrays, metadata.parse(arrays.pop("__meta__")), precision, copy=False)
-    except NpvitposeError as e:
-        raise NpvitposeError(f"{path}: {e}") from None
+    with Archive(path, mmap=mmap) as archive:  # the member table and every header checked here
+        try:
+            if "__meta__" not in archive:
+                raise NpvitposeError("not an npvitpose model (no __meta__ record; convert it first)")
+            return Model(archive, metadata.parse(archive.pop("__meta__")), precision)
+        except NpvitposeError as e:
+            raise NpvitposeError(f"{path}: {e}") from None
 
 
 def save_npz(path, weights, meta):
