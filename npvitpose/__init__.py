@@ -18,8 +18,8 @@ def load(path, mmap=False, precision="fp32"):
     """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
 
     A published model name (`npvitpose fetch --list`, e.g. "vitpose-b") loads from the cache, where it
-    is downloaded and converted on first use. mmap=True maps the weights read-only instead of reading
-    them: processes loading the same file share its pages, at the price of slower small batches.
+    is downloaded and converted on first use. mmap=True maps each layer while it is packed
+    instead of reading it (no copy); the packed model is each process's own either way.
     precision: "fp32" (default, exact), "bf16" or "int8" for the linear layers (README "Precision").
     """
     from . import fetch, model

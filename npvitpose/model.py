@@ -318,8 +318,9 @@ def from_weights(weights, meta, precision="fp32"):
 def load(path, mmap=False, precision="fp32"):
     """Load a converted `.npz` (see `npvitpose convert`), checking every key, shape and dtype.
 
-    mmap=True maps the weights read-only instead of reading them: processes loading the same file
-    share its pages, at the price of slower small batches (4 KiB pages, see npvitpose/npz.py).
+    The file is streamed: its headers are checked first, then each layer is read, checked and packed in turn,
+    so the peak is the packed model plus one fp32 layer. mmap=True maps each layer while it is packed instead
+    of reading it (no copy); either way nothing of the file stays in memory or mapped once loaded.
 
     precision: "fp32" (default, exact), "bf16" or "int8" for the linear layers, opt-in (README "Precision").
     """
