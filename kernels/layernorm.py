@@ -19,7 +19,7 @@ def _layernorm(x, gamma, beta, eps, out):
         for j in range(c):
             d = x[r, j] - mean
             v += d * d
-        inv = 1.0 / np.sqrt(v / c + eps)
+        inv = np.sqrt(1.0 / (v / c + eps))  # not 1 / sqrt: reassoc lets LLVM turn `* inv` into a divide per element (1.4x)
         for j in range(c):
             out[r, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
 
