@@ -11,7 +11,8 @@ accumulators in tile registers over the whole of K. Layouts:
 - A and B: strips of 16 rows (A: 16 rows of x; B: 16 output columns), each (K / 64 bytes) tiles of
   16 x 64 bytes (32 bf16 or 64 u8 of K per tile row) one after the other (`pack_strips`), 64-byte
   aligned: every tile load reads 1 KiB in order, the A and B streams run sequentially through memory;
-- C: RT*16 rows x CT*16 columns of fp32 / int32 into a scratch block, row stride CT * 64 bytes.
+- C: RT*16 rows x CT*16 columns of fp32 / int32 into one of two scratch blocks (row stride CT * 64 bytes):
+  the epilogue of one block runs, a few rows per K step, while the next block multiplies.
 """
 
 import ctypes
@@ -98,63 +99,82 @@ def end(typingctx):
     return types.void(), codegen
 
 
-def block_intrinsic(dot, rt, ct):
-    """block(a, a_off, b, b_off, strip, steps, c): C[rt*16, ct*16] = A[rt*16 rows, steps*64 bytes] . B[.., ct*16].
+def block_intrinsic(dot, rt, ct, epilogue=None):
+    """block(a, a_off, b, b_off, strip, steps, c[, prev]):
+    C[rt*16, ct*16] = A[rt*16 rows, steps*64 bytes] . B[.., ct*16].
 
     A and B in strips of tiles (`pack_strips`; A's rows packed the same way per call): tile k of a strip
     at +k*TILE bytes, strips `strip` bytes apart; a_off, b_off: bytes (into uint8 arrays) of the first
     strips' first tiles. C tiles in tmm0.., then the A tiles, then the B tiles (rt * ct + rt + ct <= 8).
+    With `epilogue` (an `epilogue_f32` / `epilogue_int8` mode's row emitter), `prev` is the tuple of that
+    epilogue's arguments for the previous block, whose rows are finished a few per K step while the tiles
+    multiply (they run on their own unit: done after the block, the epilogue cost as much as the products).
     """
     assert rt * ct + rt + ct <= 8
 
-    @intrinsic
-    def block(typingctx, a, a_off, b, b_off, strip, steps, c):
-        def codegen(context, builder, signature, args):
-            ta, _, tb, _, _, _, tc = signature.args
-            a_v, a_off_v, b_v, b_off_v, strip_v, steps_v, c_v = args
-            m = builder.module
-            zero = _declare(m, "llvm.x86.tilezero", [_i8])
-            load = _declare(m, "llvm.x86.tileloadd64", [_i8, _p8, _i64])
-            mul = _declare(m, dot, [_i8, _i8, _i8])
-            store = _declare(m, "llvm.x86.tilestored64", [_i8, _p8, _i64])
-            t = [ir.Constant(_i8, i) for i in range(8)]
-            tc_, ta_, tb_ = t[:rt * ct], t[rt * ct:rt * ct + rt], t[rt * ct + rt:rt * ct + rt + ct]
-            a_ptr = _pointer(context, builder, ta, a_v, a_off_v)
-            b_ptr = _pointer(context, builder, tb, b_v, b_off_v)
-            a_rows = [builder.gep(a_ptr, [builder.mul(strip_v, ir.Constant(_i64, i))]) for i in range(rt)]
-            b_cols = [builder.gep(b_ptr, [builder.mul(strip_v, ir.Constant(_i64, j))]) for j in range(ct)]
-            row = ir.Constant(_i64, DEPTH)
-            for tile in tc_:
-                builder.call(zero, [tile])
-            entry = builder.block
-            loop = builder.append_basic_block("amx.loop")
-            done = builder.append_basic_block("amx.done")
-            builder.cbranch(builder.icmp_signed(">", steps_v, ir.Constant(_i64, 0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(_i64)
-            k.add_incoming(ir.Constant(_i64, 0), entry)
-            at = builder.mul(k, ir.Constant(_i64, TILE))
-            for i in range(rt):
-                builder.call(load, [ta_[i], builder.gep(a_rows[i], [at]), row])
+    def codegen(context, builder, signature, args):
+        ta, _, tb, _, _, _, tc = signature.args[:7]
+        a_v, a_off_v, b_v, b_off_v, strip_v, steps_v, c_v = args[:7]
+        m = builder.module
+        zero = _declare(m, "llvm.x86.tilezero", [_i8])
+        load = _declare(m, "llvm.x86.tileloadd64", [_i8, _p8, _i64])
+        mul = _declare(m, dot, [_i8, _i8, _i8])
+        store = _declare(m, "llvm.x86.tilestored64", [_i8, _p8, _i64])
+        t = [ir.Constant(_i8, i) for i in range(8)]
+        tc_, ta_, tb_ = t[:rt * ct], t[rt * ct:rt * ct + rt], t[rt * ct + rt:rt * ct + rt + ct]
+        a_ptr = _pointer(context, builder, ta, a_v, a_off_v)
+        b_ptr = _pointer(context, builder, tb, b_v, b_off_v)
+        a_rows = [builder.gep(a_ptr, [builder.mul(strip_v, ir.Constant(_i64, i))]) for i in range(rt)]
+        b_cols = [builder.gep(b_ptr, [builder.mul(strip_v, ir.Constant(_i64, j))]) for j in range(ct)]
+        if epilogue is not None:
+            prev_t = signature.args[7]
+            prev = [builder.extract_value(args[7], i) for i in range(len(prev_t))]
+            body, rows = epilogue(context, builder, list(prev_t.types), prev)
+            one = ir.Constant(_i64, 1)
+            steps1 = builder.select(builder.icmp_signed(">", steps_v, one), steps_v, one)
+            per = builder.sdiv(builder.add(rows, builder.sub(steps1, one)), steps1)  # rows a K step
+        row = ir.Constant(_i64, DEPTH)
+        for tile in tc_:
+            builder.call(zero, [tile])
+        entry = builder.block
+        loop = builder.append_basic_block("amx.loop")
+        done = builder.append_basic_block("amx.done")
+        builder.cbranch(builder.icmp_signed(">", steps_v, ir.Constant(_i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(_i64)
+        k.add_incoming(ir.Constant(_i64, 0), entry)
+        at = builder.mul(k, ir.Constant(_i64, TILE))
+        for i in range(rt):
+            builder.call(load, [ta_[i], builder.gep(a_rows[i], [at]), row])
+        for j in range(ct):
+            builder.call(load, [tb_[j], builder.gep(b_cols[j], [at]), row])
+        for i in range(rt):
             for j in range(ct):
-                builder.call(load, [tb_[j], builder.gep(b_cols[j], [at]), row])
-            for i in range(rt):
-                for j in range(ct):
-                    builder.call(mul, [tc_[i * ct + j], ta_[i], tb_[j]])
-            k_next = builder.add(k, ir.Constant(_i64, 1))
-            k.add_incoming(k_next, loop)
-            builder.cbranch(builder.icmp_signed("<", k_next, steps_v), loop, done)
-            builder.position_at_end(done)
-            c_ptr = _pointer(context, builder, tc, c_v)
-            ldc = ct * DEPTH
-            for i in range(rt):
-                for j in range(ct):
-                    builder.call(store, [tc_[i * ct + j], builder.gep(c_ptr, [ir.Constant(_i64, i * TM * ldc + j * DEPTH)]),
-                                         ir.Constant(_i64, ldc)])
-            return context.get_dummy_value()
+                builder.call(mul, [tc_[i * ct + j], ta_[i], tb_[j]])
+        if epilogue is not None:
+            lo = builder.mul(k, per)
+            _range_loop(builder, lo, builder.select(builder.icmp_signed("<", builder.add(lo, per), rows),
+                                                     builder.add(lo, per), rows), body)
+        k_next = builder.add(k, ir.Constant(_i64, 1))
+        k.add_incoming(k_next, builder.block)
+        builder.cbranch(builder.icmp_signed("<", k_next, steps_v), loop, done)
+        builder.position_at_end(done)
+        c_ptr = _pointer(context, builder, tc, c_v)
+        ldc = ct * DEPTH
+        for i in range(rt):
+            for j in range(ct):
+                builder.call(store, [tc_[i * ct + j], builder.gep(c_ptr, [ir.Constant(_i64, i * TM * ldc + j * DEPTH)]),
+                                     ir.Constant(_i64, ldc)])
+        return context.get_dummy_value()
 
-        return types.void(a, a_off, b, b_off, strip, steps, c), codegen
-
+    if epilogue is None:
+        @intrinsic
+        def block(typingctx, a, a_off, b, b_off, strip, steps, c):
+            return types.void(a, a_off, b, b_off, strip, steps, c), codegen
+    else:
+        @intrinsic
+        def block(typingctx, a, a_off, b, b_off, strip, steps, c, prev):
+            return types.void(a, a_off, b, b_off, strip, steps, c, prev), codegen
     return block
 
 
@@ -178,18 +198,18 @@ def _declare_typed(module, name, ret, args):
     return ir.Function(module, ir.FunctionType(ret, args), name)
 
 
-def _row_loop(builder, rows, body):
-    """for r in range(rows): body(r), as IR."""
+def _range_loop(builder, lo, hi, body):
+    """for r in range(lo, hi): body(r), as IR."""
     entry = builder.block
     loop, done = builder.append_basic_block("epi.loop"), builder.append_basic_block("epi.done")
-    builder.cbranch(builder.icmp_signed(">", rows, ir.Constant(_i64, 0)), loop, done)
+    builder.cbranch(builder.icmp_signed("<", lo, hi), loop, done)
     builder.position_at_end(loop)
     r = builder.phi(_i64)
-    r.add_incoming(ir.Constant(_i64, 0), entry)
+    r.add_incoming(lo, entry)
     body(r)
     r_next = builder.add(r, ir.Constant(_i64, 1))
     r.add_incoming(r_next, builder.block)
-    builder.cbranch(builder.icmp_signed("<", r_next, rows), loop, done)
+    builder.cbranch(builder.icmp_signed("<", r_next, hi), loop, done)
     builder.position_at_end(done)
 
 
@@ -233,35 +253,85 @@ def _gelu_f32(builder, x):
     return builder.select(builder.fcmp_ordered("==", x, const(-np.inf)), const(0.0), g)
 
 
+def rows_f32(mode):
+    """The row emitter of epilogue_f32(mode): (context, builder, arg types, arg values) -> (body(r), rows)."""
+    def emit(context, builder, tys, vals):
+        to = tys[1]
+        n = builder.extract_value(context.make_array(to)(context, builder, vals[1]).shape, 1)
+        c_p, o_p, e_p, b_p = (_data(context, builder, t, a) for t, a in zip(tys[:4], vals[:4]))
+        r0_v, c0_v, rows_v = vals[4:7]
+        bias_v = [builder.load(_vector_at(builder, b_p, builder.add(c0_v, ir.Constant(_i64, 16 * v)), _v16f), align=4)
+                  for v in range(2)]
+
+        def body(r):
+            at = builder.add(builder.mul(builder.add(r0_v, r), n), c0_v)
+            for v in range(2):
+                t = builder.load(_vector_at(builder, c_p, builder.add(builder.mul(r, ir.Constant(_i64, 32)),
+                                                                      ir.Constant(_i64, 16 * v)), _v16f), align=4)
+                y = builder.fadd(t, bias_v[v])
+                o = builder.add(at, ir.Constant(_i64, 16 * v))
+                if mode == GELU:
+                    y = _gelu_f32(builder, y)
+                elif mode == RESIDUAL:
+                    y = builder.fadd(builder.load(_vector_at(builder, e_p, o, _v16f), align=4), y)
+                builder.store(y, _vector_at(builder, o_p, o, _v16f), align=4)
+
+        return body, rows_v
+
+    return emit
+
+
+def rows_int8(mode):
+    """The row emitter of epilogue_int8(mode), as rows_f32."""
+    def emit(context, builder, tys, vals):
+        c_p, sz_p, sw_p, cs_p, o_p, e_p, b_p = (_data(context, builder, t, a) for t, a in zip(tys[:7], vals[:7]))
+        n = builder.extract_value(context.make_array(tys[4])(context, builder, vals[4]).shape, 1)
+        r0_v, c0_v, rows_v = vals[7:10]
+
+        def col(v, width):
+            return builder.add(c0_v, ir.Constant(_i64, width * v))
+
+        sw8 = [builder.fptrunc(builder.load(_vector_at(builder, sw_p, col(v, 8), _v8d), align=8), _v8f)
+               for v in range(4)]
+        sw = [_join(builder, sw8[2 * v], sw8[2 * v + 1]) for v in range(2)]
+        cs = [builder.load(_vector_at(builder, cs_p, col(v, 16), _v16i), align=4) for v in range(2)]
+        bias = [builder.load(_vector_at(builder, b_p, col(v, 16), _v16f), align=4) for v in range(2)]
+
+        def body(r):
+            row = builder.add(r0_v, r)
+            s = builder.load(builder.gep(sz_p, [builder.mul(row, ir.Constant(_i64, 2))]))
+            z = builder.fptosi(builder.load(builder.gep(sz_p, [builder.add(builder.mul(row, ir.Constant(_i64, 2)),
+                                                                            ir.Constant(_i64, 1))])), _i32)
+            s_v, z_v = _splat(builder, builder.fptrunc(s, _f32), _v16f), _splat(builder, z, _v16i)
+            at = builder.add(builder.mul(row, n), c0_v)
+            for v in range(2):
+                t = builder.load(_vector_at(builder, c_p, builder.add(builder.mul(r, ir.Constant(_i64, 32)),
+                                                                      ir.Constant(_i64, 16 * v)), _v16i), align=4)
+                d = builder.sitofp(builder.sub(t, builder.mul(z_v, cs[v])), _v16f)
+                y = builder.fadd(builder.fmul(d, builder.fmul(s_v, sw[v])), bias[v])
+                o = builder.add(at, ir.Constant(_i64, 16 * v))
+                if mode == GELU:
+                    y = _gelu_f32(builder, y)
+                elif mode == RESIDUAL:
+                    y = builder.fadd(y, builder.load(_vector_at(builder, e_p, o, _v16f), align=4))
+                builder.store(y, _vector_at(builder, o_p, o, _v16f), align=4)
+
+        return body, rows_v
+
+    return emit
+
+
 def epilogue_f32(mode):
     """epi(c, out, res, bias, r0, c0, rows): out[r0 + r, c0:c0 + 32] = c[r] + bias (GELU | + residual), r < rows.
 
     c: the block's fp32 accumulators (row stride 32); out and res: (M, N) float32 with 32 columns from c0."""
+    emit = rows_f32(mode)
 
     @intrinsic
     def epi(typingctx, c, out, res, bias, r0, c0, rows):
         def codegen(context, builder, signature, args):
-            tc, to, tr, tb = signature.args[:4]
-            n = builder.extract_value(context.make_array(to)(context, builder, args[1]).shape, 1)
-            c_p, o_p, e_p, b_p = (_data(context, builder, t, a) for t, a in zip(signature.args[:4], args[:4]))
-            r0_v, c0_v, rows_v = args[4:]
-            bias_v = [builder.load(_vector_at(builder, b_p, builder.add(c0_v, ir.Constant(_i64, 16 * v)), _v16f), align=4)
-                      for v in range(2)]
-
-            def body(r):
-                at = builder.add(builder.mul(builder.add(r0_v, r), n), c0_v)
-                for v in range(2):
-                    t = builder.load(_vector_at(builder, c_p, builder.add(builder.mul(r, ir.Constant(_i64, 32)),
-                                                                          ir.Constant(_i64, 16 * v)), _v16f), align=4)
-                    y = builder.fadd(t, bias_v[v])
-                    o = builder.add(at, ir.Constant(_i64, 16 * v))
-                    if mode == GELU:
-                        y = _gelu_f32(builder, y)
-                    elif mode == RESIDUAL:
-                        y = builder.fadd(builder.load(_vector_at(builder, e_p, o, _v16f), align=4), y)
-                    builder.store(y, _vector_at(builder, o_p, o, _v16f), align=4)
-
-            _row_loop(builder, rows_v, body)
+            body, rows_v = emit(context, builder, signature.args, args)
+            _range_loop(builder, ir.Constant(_i64, 0), rows_v, body)
             return context.get_dummy_value()
 
         return types.void(c, out, res, bias, r0, c0, rows), codegen
@@ -273,43 +343,13 @@ def epilogue_int8(mode):
     """epi(c, sz, scale, colsum, out, res, bias, r0, c0, rows): out[r0 + r, c0:c0 + 32] =
     f32(c[r] - z * colsum) * (f32(s) * f32(scale)) + bias (GELU | + residual) in float32, (s, z) = sz[r0 + r]:
     a few float32 roundings, against the int8 quantisation's ~4e-3."""
+    emit = rows_int8(mode)
 
     @intrinsic
     def epi(typingctx, c, sz, scale, colsum, out, res, bias, r0, c0, rows):
         def codegen(context, builder, signature, args):
-            ptrs = [_data(context, builder, t, a) for t, a in zip(signature.args[:7], args[:7])]
-            c_p, sz_p, sw_p, cs_p, o_p, e_p, b_p = ptrs
-            n = builder.extract_value(context.make_array(signature.args[4])(context, builder, args[4]).shape, 1)
-            r0_v, c0_v, rows_v = args[7:]
-
-            def col(v, width):
-                return builder.add(c0_v, ir.Constant(_i64, width * v))
-
-            sw8 = [builder.fptrunc(builder.load(_vector_at(builder, sw_p, col(v, 8), _v8d), align=8), _v8f) for v in range(4)]
-            sw = [_join(builder, sw8[2 * v], sw8[2 * v + 1]) for v in range(2)]
-            cs = [builder.load(_vector_at(builder, cs_p, col(v, 16), _v16i), align=4) for v in range(2)]
-            bias = [builder.load(_vector_at(builder, b_p, col(v, 16), _v16f), align=4) for v in range(2)]
-
-            def body(r):
-                row = builder.add(r0_v, r)
-                s = builder.load(builder.gep(sz_p, [builder.mul(row, ir.Constant(_i64, 2))]))
-                z = builder.fptosi(builder.load(builder.gep(sz_p, [builder.add(builder.mul(row, ir.Constant(_i64, 2)),
-                                                                                ir.Constant(_i64, 1))])), _i32)
-                s_v, z_v = _splat(builder, builder.fptrunc(s, _f32), _v16f), _splat(builder, z, _v16i)
-                at = builder.add(builder.mul(row, n), c0_v)
-                for v in range(2):
-                    t = builder.load(_vector_at(builder, c_p, builder.add(builder.mul(r, ir.Constant(_i64, 32)),
-                                                                          ir.Constant(_i64, 16 * v)), _v16i), align=4)
-                    d = builder.sitofp(builder.sub(t, builder.mul(z_v, cs[v])), _v16f)
-                    y = builder.fadd(builder.fmul(d, builder.fmul(s_v, sw[v])), bias[v])
-                    o = builder.add(at, ir.Constant(_i64, 16 * v))
-                    if mode == GELU:
-                        y = _gelu_f32(builder, y)
-                    elif mode == RESIDUAL:
-                        y = builder.fadd(y, builder.load(_vector_at(builder, e_p, o, _v16f), align=4))
-                    builder.store(y, _vector_at(builder, o_p, o, _v16f), align=4)
-
-            _row_loop(builder, rows_v, body)
+            body, rows_v = emit(context, builder, signature.args, args)
+            _range_loop(builder, ir.Constant(_i64, 0), rows_v, body)
             return context.get_dummy_value()
 
         return types.void(c, sz, scale, colsum, out, res, bias, r0, c0, rows), codegen
@@ -318,8 +358,8 @@ def epilogue_int8(mode):
 
 
 def scratch(tasks, dtype):
-    """One 64-byte aligned 32 x 32 C block per parallel task."""
-    return aligned((tasks, TM * TM * RT * CT), dtype)
+    """Two 64-byte aligned 32 x 32 C blocks per parallel task: one filling while the other's epilogue runs."""
+    return aligned((tasks, 2, TM * TM * RT * CT), dtype)
 
 
 # ---- packing the activations into A, as explicit vectors (Numba's loops over them stayed scalar: the int8

@@ -291,27 +291,38 @@ def _gemm_amx(a, m, tiles, n, bias, res, out, mode, mc, groups, cfg, scratch):
         m0 = (task % mchunks) * mc
         m1 = min(m, m0 + mc)
         g = task // mchunks
-        c = scratch[task]
+        slot, pr0, pc0, prows = 0, 0, 0, 0  # the previous block, its epilogue still to do (prows > 0)
         amx.begin(cfg)
         for nb in range(g * blocks // groups, (g + 1) * blocks // groups):  # B's block stays in L1/L2 ...
             c0 = nb * BC
             for r0 in range(m0, m1, BR):  # ... while the chunk's rows stream past it
                 rows = min(BR, m1 - r0)
                 _prefetch_block(out, res, r0, c0, rows, mode)
-                _block(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c)
-                if c0 + BC > n:  # the last block of a width that is not a multiple of 32
-                    _store(c, BC, out, res, bias, r0, c0, rows, n - c0, mode)
-                elif mode == amx.BIAS:
-                    _epi_bias(c, out, res, bias, r0, c0, rows)
+                c, prev = scratch[task, slot], (scratch[task, 1 - slot], out, res, bias, pr0, pc0, prows)
+                if mode == amx.BIAS:
+                    _block_bias(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c, prev)
                 elif mode == amx.GELU:
-                    _epi_gelu(c, out, res, bias, r0, c0, rows)
+                    _block_gelu(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c, prev)
                 else:
-                    _epi_residual(c, out, res, bias, r0, c0, rows)
+                    _block_residual(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c, prev)
+                if c0 + BC > n:  # the last block of a width that is not a multiple of 32: done here
+                    _store(c, BC, out, res, bias, r0, c0, rows, n - c0, mode)
+                    prows = 0
+                else:
+                    slot, pr0, pc0, prows = 1 - slot, r0, c0, rows
+        c = scratch[task, 1 - slot]
+        if mode == amx.BIAS:
+            _epi_bias(c, out, res, bias, pr0, pc0, prows)
+        elif mode == amx.GELU:
+            _epi_gelu(c, out, res, bias, pr0, pc0, prows)
+        else:
+            _epi_residual(c, out, res, bias, pr0, pc0, prows)
         amx.end()
 
 
 BR, BC = amx.RT * amx.TM, amx.CT * amx.TM  # one AMX block: 32 rows x 32 columns
-_block = amx.block_intrinsic("llvm.x86.tdpbf16ps", amx.RT, amx.CT)
+_block_bias, _block_gelu, _block_residual = (
+    amx.block_intrinsic("llvm.x86.tdpbf16ps", amx.RT, amx.CT, amx.rows_f32(mode)) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
 _epi_bias, _epi_gelu, _epi_residual = (amx.epilogue_f32(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
 _CFG = amx.tile_config()
 
@@ -373,6 +384,12 @@ def plan(m, row_bytes, blocks):
 L2_ROWS_BYTES = 1 << 20  # a chunk's A: half of the 2 MiB L2 of this CPU's cores (Emerald Rapids)
 
 
+def block_padded(v):
+    """v zero-padded to whole 32-column blocks: the blocks read their columns' bias (scale, colsum) before
+    they know whether the block they finish is a full one."""
+    return np.concatenate([v, np.zeros(-len(v) % BC, v.dtype)]) if len(v) % BC else v
+
+
 def amx_buffers(m, packed, acc_type):
     """(K steps, the A buffer, rows per chunk, column groups, C scratch) of one AMX call on m rows."""
     steps = packed.panels.shape[1]
@@ -390,7 +407,7 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     if packed.amx:
         steps, a, mc, groups, scratch = amx_buffers(m, packed, np.float32)
         _pack_amx(x.view(np.uint32), a.view(np.uint16), steps)
-        _gemm_amx(a, m, packed.panels, packed.n, bias, residual, out, mode, mc, groups, _CFG, scratch)
+        _gemm_amx(a, m, packed.panels, packed.n, block_padded(bias), residual, out, mode, mc, groups, _CFG, scratch)
         return out
     if FAST:
         _gemm(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode, chunk_rows(x.shape[0]))

@@ -24,8 +24,8 @@ from numba import prange
 
 from . import amx, gemm
 from ._jit import jit, pjit
-from .gemm_bf16 import (BC, BR, MR, NR, _prefetch_block, amx_buffers, check_call, chunk_rows, cpu_has, epilogue, gelu_value,
-                        lanes_of, tile_intrinsic)
+from .gemm_bf16 import (BC, BR, MR, NR, _prefetch_block, amx_buffers, block_padded, check_call, chunk_rows, cpu_has,
+                        epilogue, gelu_value, lanes_of, tile_intrinsic)
 
 AMX = amx.available(cpu_has, "amx-int8")
 FAST = AMX or cpu_has("avx512vnni")
@@ -227,26 +227,38 @@ def _gemm_amx(a, m, tiles, sz, scale, colsum, n, bias, res, out, mode, mc, group
         m0 = (task % mchunks) * mc
         m1 = min(m, m0 + mc)
         g = task // mchunks
-        c = scratch[task]
+        slot, pr0, pc0, prows = 0, 0, 0, 0
         amx.begin(cfg)
         for nb in range(g * blocks // groups, (g + 1) * blocks // groups):
             c0 = nb * BC
             for r0 in range(m0, m1, BR):
                 rows = min(BR, m1 - r0)
                 _prefetch_block(out, res, r0, c0, rows, mode)
-                _block(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c)
-                if c0 + BC > n:  # the last block of a width that is not a multiple of 32
-                    _store(c, BC, sz[r0:], out, res, bias, scale, colsum, r0, c0, rows, n - c0, mode)
-                elif mode == amx.BIAS:
-                    _epi_bias(c, sz, scale, colsum, out, res, bias, r0, c0, rows)
+                c = scratch[task, slot]
+                prev = (scratch[task, 1 - slot], sz, scale, colsum, out, res, bias, pr0, pc0, prows)
+                if mode == amx.BIAS:
+                    _block_bias(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c, prev)
                 elif mode == amx.GELU:
-                    _epi_gelu(c, sz, scale, colsum, out, res, bias, r0, c0, rows)
+                    _block_gelu(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c, prev)
                 else:
-                    _epi_residual(c, sz, scale, colsum, out, res, bias, r0, c0, rows)
+                    _block_residual(a, r0 * steps * amx.DEPTH, b, nb * amx.CT * strip, strip, steps, c, prev)
+                if c0 + BC > n:  # the last block of a width that is not a multiple of 32: done here
+                    _store(c, BC, sz[r0:], out, res, bias, scale, colsum, r0, c0, rows, n - c0, mode)
+                    prows = 0
+                else:
+                    slot, pr0, pc0, prows = 1 - slot, r0, c0, rows
+        c = scratch[task, 1 - slot]
+        if mode == amx.BIAS:
+            _epi_bias(c, sz, scale, colsum, out, res, bias, pr0, pc0, prows)
+        elif mode == amx.GELU:
+            _epi_gelu(c, sz, scale, colsum, out, res, bias, pr0, pc0, prows)
+        else:
+            _epi_residual(c, sz, scale, colsum, out, res, bias, pr0, pc0, prows)
         amx.end()
 
 
-_block = amx.block_intrinsic("llvm.x86.tdpbusd", amx.RT, amx.CT)
+_block_bias, _block_gelu, _block_residual = (
+    amx.block_intrinsic("llvm.x86.tdpbusd", amx.RT, amx.CT, amx.rows_int8(mode)) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
 _epi_bias, _epi_gelu, _epi_residual = (amx.epilogue_int8(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
 _CFG = amx.tile_config()
 
@@ -266,8 +278,8 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         steps, a, mc, groups, scratch = amx_buffers(m, packed, np.int32)
         sz, bad = np.empty((m, 2), np.float64), np.empty(m, np.uint8)
         _pack_amx(x, a, steps, sz, bad)
-        _gemm_amx(a, m, packed.panels, sz, packed.scale, packed.colsum, packed.n, bias, res, out, mode,
-                  mc, groups, _CFG, scratch)
+        _gemm_amx(a, m, packed.panels, sz, block_padded(packed.scale), block_padded(packed.colsum), packed.n,
+                  block_padded(bias), res, out, mode, mc, groups, _CFG, scratch)
         if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
             out[bad.view(np.bool_)] = np.nan
         return out
