@@ -239,8 +239,11 @@ def precompile(dry_run):
                             "items": [(i, named[i], items[i][1]) for i in reversed(shared)]})
         env = dict(os.environ, NUMBA_CACHE_DIR=private, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         try:
+            # a session of its own: Linux's autogroup scheduler shares the CPU per session, so on a busy machine
+            # two processes of one session get no more than one would; a terminal's Ctrl-C reaches only us
             helper = subprocess.Popen([sys.executable, "-c", f"import {__name__} as j; j._helper()"], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)
             helper.stdin.write(job)
             helper.stdin.close()
         except OSError:  # no process to spare (limits, a sandbox) or it died at once: everything is compiled here
