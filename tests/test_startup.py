@@ -4,6 +4,7 @@ The kernels here are toys written with the project's decorators (kernels/_jit.py
 same for the real ones, whose cold compile takes far longer than a test should.
 """
 
+import json
 import os
 import pickle
 import subprocess
@@ -173,3 +174,35 @@ def test_adopt_copies_whole_functions_it_lacks_and_keeps_its_own(tmp_path):
     _jit._adopt(str(theirs), str(ours))
     assert {p.name: p.read_bytes() for p in ours.iterdir()} == {
         "m.f-3.py311.nbi": b"fi", "m.f-3.py311.1.nbc": b"f1", "m.f-3.py311.2.nbc": b"f2", "m.g-9.py311.nbi": b"mine"}
+
+
+def test_an_fp32_run_compiles_no_bf16_int8_amx_or_serial_kernel(tmp_path):
+    """Each run compiles (or loads from the cache) only the kernels it calls: compiling costs seconds per kernel."""
+    code = f"""
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from numba.core.dispatcher import Dispatcher
+        from npvitpose.cli import main
+        from npvitpose.model import random_weights, save_npz
+        from test_cli import TINY, synthetic_image, tiny_meta
+        import cv2
+        save_npz({str(tmp_path / "m.npz")!r}, random_weights(TINY, seed=1), tiny_meta(TINY))
+        cv2.imwrite({str(tmp_path / "a.png")!r}, synthetic_image())
+        open({str(tmp_path / "b.json")!r}, "w").write("[[20, 10, 120, 200]]")
+        assert main(["infer", {str(tmp_path / "a.png")!r}, {str(tmp_path / "b.json")!r}, "--model",
+                     {str(tmp_path / "m.npz")!r}, "-o", {str(tmp_path / "out.json")!r}, "-q"]) == 0
+        compiled = set()  # named by the module that defines them (gemm_bf16 imports mlp's gelu, say)
+        for name, module in list(sys.modules.items()):
+            if name.startswith("npvitpose.kernels."):
+                for fn in list(vars(module).values()):
+                    for d, suffix in ((getattr(fn, "parallel", fn), ""), (getattr(fn, "_serial", None), " serial")):
+                        if isinstance(d, Dispatcher) and d.signatures:
+                            f = d.py_func
+                            compiled.add(f.__module__.rsplit(".", 1)[1] + "." + f.__qualname__ + suffix)
+        print(json.dumps(sorted(compiled)))
+        """
+    compiled = json.loads(_python(code, tmp_path, os.environ.get("NUMBA_CACHE_DIR", tmp_path / "nbcache")))
+    assert any(n.startswith("gemm.") for n in compiled) and any(n.startswith("attention.") for n in compiled)
+    assert not [n for n in compiled if n.split(".")[0] in ("gemm_bf16", "gemm_int8", "amx") or n.endswith(" serial")]
+    assert not [n for n in compiled if n.startswith("head._col2im") or n.startswith("head._depth")]  # classic head only
