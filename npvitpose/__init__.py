@@ -9,7 +9,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
 
-from .detector import Detector  # noqa: E402
 from .errors import NpvitposeError  # noqa: E402
 from .model import VARIANTS, Config, Model  # noqa: E402
 
@@ -26,6 +25,15 @@ def load(path, mmap=False, precision="fp32"):
 
     model._check_precision(precision)  # before any download
     return model.load(fetch.resolve(path), mmap=mmap, precision=precision)
+
+
+def __getattr__(name):
+    """npvitpose.Detector, imported on first use: a run with a boxes file never needs it (PEP 562)."""
+    if name == "Detector":
+        from .detector import Detector
+
+        return Detector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Config", "Detector", "Model", "NpvitposeError", "VARIANTS", "load"]
