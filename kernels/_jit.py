@@ -121,8 +121,8 @@ if hasattr(os, "register_at_fork"):
 # this process from the start. The helper writes into a private cache folder, whose files are copied beside
 # ours afterwards only where we have none: no two processes ever write one cache file (two compiling one
 # function at once can leave a cache whose index names another signature's code; numba/numba#10128 has a
-# segfault from such a race). Whatever the helper did not finish
-# (it failed, was slow, the platform cannot start it) this process compiles on first use, as without it.
+# segfault from such a race). Whatever the helper did not finish (it failed, was slow, the platform cannot
+# start it) this process compiles on first use, as without it.
 
 _HELPER_TIMEOUT = 300  # seconds the helper may take past our own share before it is killed
 
@@ -253,7 +253,7 @@ def precompile(dry_run):
             helper = None
         _compile(items, range(len(items)), claims)
         if helper is not None:
-            helper.wait(timeout=_HELPER_TIMEOUT)  # its one line of output fits in the pipe
+            helper.wait(timeout=_HELPER_TIMEOUT)  # its output, one small pickle, fits in the pipe's buffer
             out = helper.stdout.read()
             if helper.returncode == 0:
                 ours = _cache_folders({n[0] for n in named if n})
@@ -263,9 +263,11 @@ def precompile(dry_run):
     except (subprocess.TimeoutExpired, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError):
         pass  # what the helper did not give us compiles on first use
     finally:
-        if helper is not None and helper.poll() is None:
-            helper.kill()
-            helper.wait()
+        if helper is not None:
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+            helper.stdout.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
