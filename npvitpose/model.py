@@ -145,10 +145,12 @@ class Model:
         else:
             self._final_w = conv3x3_weight(w.pop("keypoint_head.final_layer.weight"))
         self._linear = {}  # last, one layer at a time: the head's transients above stay out of this peak
+        trim = _heap_trim()
         for key in linear:
             w[key] = take(key)
             self._linear[key] = self._pack(key)
             del w[key]  # the forward reads only the packed form; freed here, before the next layer is read
+            trim()
 
     def _pack(self, key):
         """One linear layer's weight packed for this precision (int8: INT8_IN_FP32 and INT8_SMOOTHED)."""
@@ -283,6 +285,18 @@ def _config_from_meta(meta, weights):
     return Config(dim=int(meta["dim"]), depth=int(meta["depth"]), heads=int(meta["heads"]),
                   mlp_hidden=int(meta["mlp_hidden"]), num_keypoints=int(meta["num_keypoints"]),
                   head=meta["head"], ln_eps=float(meta["ln_eps"]))
+
+
+def _heap_trim():
+    """glibc's malloc_trim(0), or nothing elsewhere: packing's freed temporaries leave holes in the heap that stay
+    resident (ViT-L int8 load: 85 MB; trimmed after each layer, peak RSS 599 -> 527 MB, 0.1 s)."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
 
 
 def _validate(headers, cfg):
