@@ -237,13 +237,14 @@ def precompile(dry_run):
     try:
         job = pickle.dumps({"parent": os.getpid(), "claims": claims,
                             "items": [(i, named[i], items[i][1]) for i in reversed(shared)]})
-        env = dict(os.environ, NUMBA_CACHE_DIR=private, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        path = os.pathsep.join(os.path.abspath(p) for p in sys.path)  # the helper runs in `work`
+        env = dict(os.environ, NUMBA_CACHE_DIR=private, PYTHONPATH=path)
         try:
             # a session of its own: Linux's autogroup scheduler shares the CPU per session, so on a busy machine
             # two processes of one session get no more than one would; a terminal's Ctrl-C reaches only us
             helper = subprocess.Popen([sys.executable, "-c", f"import {__name__} as j; j._helper()"], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      start_new_session=True)
+                                      start_new_session=True, cwd=work)  # `-c` puts its cwd first on sys.path
             helper.stdin.write(job)
             helper.stdin.close()
         except OSError:  # no process to spare (limits, a sandbox) or it died at once: everything is compiled here
@@ -282,4 +283,9 @@ def _helper():
         found = getattr(importlib.import_module(module), name)
         items[i] = (getattr(found, "parallel", found), sigs)
     _compile(items, list(items), job["claims"], lambda: os.getppid() == job["parent"])
+    if os.getppid() != job["parent"]:  # our parent was killed (SIGKILL runs no `finally`): its folder is left to us
+        import shutil
+
+        shutil.rmtree(os.path.dirname(job["claims"]), ignore_errors=True)
+        return
     sys.stdout.buffer.write(pickle.dumps(_cache_folders({module for _, (module, _), _ in job["items"]})))
