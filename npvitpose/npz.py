@@ -255,7 +255,10 @@ class Archive:
             if len(stream.read(header)) != header:
                 raise NpvitposeError(f"member {info.filename!r} is truncated")
             # a mapping of its own, not the heap: dropped by a loader done with it, it leaves the process at once
-            view = np.frombuffer(_mmap.mmap(-1, max(count * dtype.itemsize, 1)), np.uint8, count * dtype.itemsize)
+            buffer = _mmap.mmap(-1, max(count * dtype.itemsize, 1))
+            if hasattr(_mmap, "MADV_HUGEPAGE"):  # 2 MiB pages as NumPy asks for its own: 512x fewer page faults
+                buffer.madvise(_mmap.MADV_HUGEPAGE)
+            view = np.frombuffer(buffer, np.uint8, count * dtype.itemsize)
             stream.readinto(view)
             stream.finish()
         return view.view(dtype).reshape(shape, order=order)
