@@ -199,7 +199,8 @@ class Model:
             linear(h, packed[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"], gelu=True, out=hidden)  # (B*N, 4C)
             linear(hidden, packed[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"], residual=x, out=x)
             _tap(taps, f"blocks.{i}", x, b)
-        x = layernorm(x, w["backbone.last_norm.weight"], w["backbone.last_norm.bias"], cfg.ln_eps)
+        x = layernorm(x, w["backbone.last_norm.weight"], w["backbone.last_norm.bias"], cfg.ln_eps, out=h)
+        del a, qkv, hidden  # freed before the head allocates its own (ViT-H, 16 crops: ~157 MB)
         _tap(taps, "last_norm", x, b)
         f = x.reshape(b, hp, wp, cfg.dim)  # (B, 16, 12, C): tokens are already channels-last feature maps
         k = cfg.num_keypoints
