@@ -125,10 +125,20 @@ def test_upsample(b, h, w, c):
 def test_simple_head(b, h, w, c, k):
     # ReLU, bilinear x4, 3x3 conv (spec 2.2), computed as channel mix first, then upsample4_conv3x3
     x, weight, bias = f32(b, h, w, c), f32(k, c, 3, 3, scale=0.05), f32(k)
-    z = (np.maximum(x, 0).reshape(-1, c) @ head.conv3x3_weight(weight)).reshape(b, h, w, 9, k)
+    z = (np.maximum(x, 0).reshape(-1, c) @ head.conv3x3_weight(weight).T).reshape(b, h, w, 9, k)
     want = twins.conv2d(twins.upsample_bilinear(np.maximum(x, 0).transpose(0, 3, 1, 2).astype(np.float64)),
                         weight, bias)
     assert rel_err(head.upsample4_conv3x3(z, bias), want) < 1e-5
+
+
+@pytest.mark.parametrize("m,c,n,relu", [(1, 1, 1, False), (37, 256, 17, False), (19, 384, 153, True)])
+def test_project(m, c, n, relu):
+    # the head's 1x1 channel mixes against float64 NumPy (ReLU first for the simple head)
+    x, weight, bias = f32(m, c), f32(n, c, scale=0.05), f32(n)
+    want = (np.maximum(x, 0) if relu else x).astype(np.float64) @ weight.T.astype(np.float64) + bias
+    assert rel_err(head.project(x, weight, bias, relu=relu), want) < 1e-6
+    with pytest.raises(ValueError):
+        head.project(x, f32(n, c + 1))
 
 
 def test_kernels_reject_wrong_dtype():
