@@ -1,7 +1,7 @@
 """Heatmap-head kernels, channels-last (B, H, W, C) throughout (spec 2).
 
 Classic: transposed conv 4x4 / stride 2 / padding 1 on gemm.linear (the own fp32 micro-kernel) plus a
-gather into the output, batchnorm (eval) folded or applied, ReLU; then a 1x1 conv (`project`).
+gather into the output, batchnorm (eval) folded or applied, ReLU; then a 1x1 conv (gemm.linear, in model.py).
 Simple: ReLU + bilinear x4 (align_corners=False) + 3x3 conv. docs/head.md: which product runs where.
 """
 
@@ -261,45 +261,9 @@ def _upsample4_conv3x3(z, bias, out):
 
 
 def conv3x3_weight(weight):
-    """Conv2d weight (K, C, 3, 3) -> `project` operand (9*K, C): rows taps row-major, then keypoints."""
+    """Conv2d weight (K, C, 3, 3) -> the (9*K, C) weight of gemm.pack_weight: rows taps row-major, then keypoints."""
     k, c, _, _ = weight.shape
     return np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(9 * k, c), dtype=np.float32)
-
-
-def project(x, weight, bias=None, relu=False):
-    """(M, C) @ (N, C).T (+ bias), optionally ReLU first: the head's narrow channel mixes (N = K or 9K).
-
-    Not BLAS: after a threaded OpenBLAS call its idle workers spin for milliseconds on the cores the next
-    Numba kernel needs (ViT-S, one crop: 65 -> 45 ms a forward without it). Not the micro-kernel either:
-    its 48-wide panels waste most of their lanes at N = 17 (docs/head.md)."""
-    _check_rows(x, "x")
-    _check_rows(weight, "weight")
-    if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} columns, the weight {weight.shape[1]}")
-    n = weight.shape[0]
-    bias = np.zeros(n, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(n)
-    out = np.empty((x.shape[0], n), np.float32)
-    _project(x, weight, bias, relu, out)
-    return out
-
-
-def _check_rows(a, name):
-    if a.dtype != np.float32 or a.ndim != 2 or not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous 2-D float32 array, got {a.dtype} {a.shape}")
-
-
-@pjit
-def _project(x, weight, bias, relu, out):
-    m, c = x.shape
-    for r in prange(m):
-        row = x[r]
-        for j in range(weight.shape[0]):
-            w = weight[j]
-            s = np.float32(0.0)
-            for i in range(c):  # contiguous in both: one vectorised dot product (fastmath reassoc)
-                v = max(row[i], np.float32(0.0)) if relu else row[i]
-                s += v * w[i]
-            out[r, j] = s + bias[j]
 
 
 def upsample4_conv3x3(z, bias):

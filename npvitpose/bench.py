@@ -165,10 +165,10 @@ def gemm_roofline(model, batch, repeats=3):
         for (deconv, _), (h, w) in zip(model._deconv, ((16, 12), (32, 24))):  # the head's products as it runs them
             products.append(random(deconv.packed))
             rows.append((h + 1) * (w + 1) * batch if deconv.windows else h * w * batch)
-        products.append((model._final_w, True))
+        products.append(random(model._final_w))
         rows.append(16 * m)
     else:
-        products.append((model._final_w, True))
+        products.append(random(model._final_w))
         rows.append(m)
     operands = []
     for (weight, transposed), r in zip(products, rows):

@@ -12,8 +12,7 @@ from . import threads
 from .errors import NpvitposeError
 from .kernels import gemm, gemm_bf16, gemm_int8
 from .kernels.attention import attention
-from .kernels.head import (conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, project, upsample4,
-                           upsample4_conv3x3)
+from .kernels.head import conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4, upsample4_conv3x3
 from .kernels.layernorm import layernorm
 from .kernels.patch_embed import embed, embed_weight, grid
 from .npz import Archive
@@ -141,9 +140,12 @@ class Model:
                       for name in ("running_mean", "running_var", "weight", "bias")]
                 wt, b = fold_batchnorm(w.pop(f"keypoint_head.deconv_layers.{layer}.weight"), *bn)
                 self._deconv.append((deconv_weight(wt, module=gemm if HEAD_IN_FP32 else self._gemm), b))
-            self._final_w = np.ascontiguousarray(w.pop("keypoint_head.final_layer.weight")[:, :, 0, 0])  # (K, 256)
+            final = np.ascontiguousarray(w.pop("keypoint_head.final_layer.weight")[:, :, 0, 0])  # (K, 256)
         else:
-            self._final_w = conv3x3_weight(w.pop("keypoint_head.final_layer.weight"))
+            final = conv3x3_weight(w.pop("keypoint_head.final_layer.weight"))  # (9K, C)
+        # fp32 micro-kernel, not BLAS: after a threaded OpenBLAS call its idle workers spin (2^28 cycles unless
+        # OPENBLAS_THREAD_TIMEOUT was set before NumPy loaded) on the cores the next kernels need
+        self._final_w = gemm.pack_weight(final)
         self._linear = {}  # last, one layer at a time: the head's transients above stay out of this peak
         trim = _heap_trim()
         for key in linear:
@@ -209,13 +211,13 @@ class Model:
                 f = deconv4x4s2(f, deconv, bias, relu=True)  # (B, 2H, 2W, 256), batchnorm folded in
                 if taps is not None:
                     taps[f"head.stage{stage}"] = f.transpose(0, 3, 1, 2).copy()
-            heat = project(f.reshape(-1, DECONV), self._final_w, w["keypoint_head.final_layer.bias"])  # (B*64*48, K)
+            heat = gemm.linear(f.reshape(-1, DECONV), self._final_w, w["keypoint_head.final_layer.bias"])  # (B*64*48, K)
             return np.ascontiguousarray(heat.reshape(b, 4 * hp, 4 * wp, k).transpose(0, 3, 1, 2))
         if taps is not None:
             taps["head.upsampled"] = upsample4(np.ascontiguousarray(f), relu=True).transpose(0, 3, 1, 2).copy()
         # spec 2.2 reordered: the 3x3 conv's channel mix commutes with the per-channel bilinear x4,
         # so project the 16x12 map to 9 taps x K first and upsample those (16x fewer FLOPs)
-        z = project(f.reshape(b * n, cfg.dim), self._final_w, relu=True)  # (B*N, 9K)
+        z = gemm.linear(np.maximum(f, 0).reshape(b * n, cfg.dim), self._final_w)  # (B*N, 9K)
         return upsample4_conv3x3(z.reshape(b, hp, wp, 9, k), w["keypoint_head.final_layer.bias"])  # (B, K, 64, 48)
 
     def __call__(self, image, boxes=None, box_format="xywh", color="rgb", **kwargs):

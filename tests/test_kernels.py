@@ -131,16 +131,6 @@ def test_simple_head(b, h, w, c, k):
     assert rel_err(head.upsample4_conv3x3(z, bias), want) < 1e-5
 
 
-@pytest.mark.parametrize("m,c,n,relu", [(1, 1, 1, False), (37, 256, 17, False), (19, 384, 153, True)])
-def test_project(m, c, n, relu):
-    # the head's 1x1 channel mixes against float64 NumPy (ReLU first for the simple head)
-    x, weight, bias = f32(m, c), f32(n, c, scale=0.05), f32(n)
-    want = (np.maximum(x, 0) if relu else x).astype(np.float64) @ weight.T.astype(np.float64) + bias
-    assert rel_err(head.project(x, weight, bias, relu=relu), want) < 1e-6
-    with pytest.raises(ValueError):
-        head.project(x, f32(n, c + 1))
-
-
 def test_kernels_reject_wrong_dtype():
     with pytest.raises(ValueError):
         layernorm.layernorm(np.zeros((2, 3)), np.ones(3), np.zeros(3), 1e-6)
