@@ -6,7 +6,8 @@
 
 The same random weights run in every engine. Each engine lives in its own worker process (so peak
 RSS is its own); forwards are interleaved across engines round by round, and medians are reported
-with min-max, because this kind of machine is noisy. The matrix-product roofline (NumPy's sgemm at
+with min-max, because this kind of machine is noisy. Ratios to ONNX Runtime are each round's own
+(median and min-max over rounds): a round the shared machine slows, it slows for every engine. The matrix-product roofline (NumPy's sgemm at
 the model's exact GEMM shapes) is measured in the same run. Writes JSON, a markdown table and a PNG.
 """
 
@@ -229,6 +230,10 @@ def bench_variant(variant, head, batches, repeats, threads, workdir, engines):
     for b in batches:
         result["per_crop_ms"][str(b)] = {e: median_range(samples[e, b]) for e in engines}
         result["per_crop_ms"][str(b)]["gemm_roofline"] = median_range(roof[b])
+        if "onnxruntime" in engines:  # each round's own ratio: a round the shared machine slows, it slows for all
+            ort = samples["onnxruntime", b]
+            result.setdefault("vs_ort", {})[str(b)] = {
+                e: median_range([t / o for t, o in zip(samples[e, b], ort)]) for e in engines if e != "onnxruntime"}
     return result
 
 
@@ -263,8 +268,9 @@ def markdown(results, start, scale):
         peak = r["fp32_ceiling_gflops"]
         for b, row in r["per_crop_ms"].items():
             cells = [f"{row[e][0]:.1f} ({row[e][1]:.1f}-{row[e][2]:.1f})" if e in row else "-" for e in engines]
-            ort = row.get("onnxruntime", nan)[0]
-            cells += [f"{row[e][0] / ort:.2f}x" if e in row else "-" for e in ours if "onnxruntime" in engines]
+            ratio = r.get("vs_ort", {}).get(b, {})
+            cells += [f"{ratio[e][0]:.2f}x ({ratio[e][1]:.2f}-{ratio[e][2]:.2f})" if e in ratio else "-"
+                      for e in ours if "onnxruntime" in engines]
             share = [r["gflop_per_crop"] / (row.get(e, nan)[0] * 1e-3) / peak for e in ("npvitpose", "onnxruntime")]
             cells += [f"{x:.0%}" for x in share] + [f"{row.get('gemm_roofline', nan)[0]:.1f}"]
             lines.append(f"| {r['variant']} {r['head']} | {b} | " + " | ".join(cells) + " |")
