@@ -7,8 +7,8 @@
 The same random weights run in every engine. Each engine lives in its own worker process (so peak
 RSS is its own); forwards are interleaved across engines round by round, and medians are reported
 with min-max, because this kind of machine is noisy. Ratios to ONNX Runtime are each round's own
-(median and min-max over rounds): a round the shared machine slows, it slows for every engine. The matrix-product roofline (NumPy's sgemm at
-the model's exact GEMM shapes) is measured in the same run. Writes JSON, a markdown table and a PNG.
+(median and min-max over rounds): a round the shared machine slows, it slows for every engine. The
+matrix-product roofline (NumPy's sgemm at the model's exact GEMM shapes) is measured in the same run. Writes JSON, a markdown table and a PNG.
 """
 
 import argparse

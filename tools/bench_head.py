@@ -57,12 +57,12 @@ def stages(batch, rng):
     wk = rng.standard_normal((17, DECONV), dtype=np.float32) * 0.05
     wt, packed = np.ascontiguousarray(wk.T), gemm.pack_weight(wk)
     yield f"final 1x1 {DECONV}->17", {"blas": lambda: f @ wt, "own": lambda: gemm.linear(f, packed)}
-    f = rng.standard_normal((batch * 192, c), dtype=np.float32)
+    f = np.maximum(rng.standard_normal((batch * 192, c), dtype=np.float32), 0)
     weight = rng.standard_normal((17, c, 3, 3), dtype=np.float32) * 0.02
-    wk = head.conv3x3_weight(weight)  # (9K, C): the (N, K) form `project` and the micro-kernel take
+    wk = head.conv3x3_weight(weight)  # (9K, C): the (N, K) weight the micro-kernel packs; BLAS reads its transpose
     wt, packed = np.ascontiguousarray(wk.T), gemm.pack_weight(wk)
-    relu = np.maximum(f, 0)
-    yield f"simple head {c}->9x17", {"blas": lambda: relu @ wt, "own": lambda: gemm.linear(relu, packed)}
+    yield f"simple head {c}->9x17", {"blas": lambda: f @ wt, "own": lambda: gemm.linear(f, packed)}
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
