@@ -14,6 +14,7 @@ slower than fp32. `FAST` says which path runs.
 """
 
 import math
+import threading
 from typing import NamedTuple
 
 import numba
@@ -211,42 +212,153 @@ def _bf16_of(u):
     return (u >> 16) | 0x40 if (u & 0x7FFFFFFF) > 0x7F800000 else rounded
 
 
-@jit
-def _pack_rows(xu, r0, rows, kp, apack):
-    """Rows r0.. of x (uint32 view) -> 8-row panels of bf16 pairs, (rows/8, kp, 8) int32, zero padded."""
-    k = xu.shape[1]
-    for s in range((rows + MR - 1) // MR):
-        for r in range(MR):
-            m = s * MR + r
-            base = s * kp * MR + r
-            if m < rows:
-                for q in range(kp):
-                    lo = _bf16_of(np.uint32(xu[r0 + m, 2 * q])) if 2 * q < k else np.uint32(0)
-                    hi = _bf16_of(np.uint32(xu[r0 + m, 2 * q + 1])) if 2 * q + 1 < k else np.uint32(0)
-                    apack[base + q * MR] = np.int32(np.uint32(lo | (hi << 16)))
-            else:
-                for q in range(kp):
-                    apack[base + q * MR] = 0
+# ---- the AVX512-BF16 path: x rounded once into row-major bf16 pairs, read in place by an 8 x 48 micro-kernel
+# whose epilogue (bias, float32 GELU | residual) runs on the accumulators as they leave the registers ----
+
+_i1, _i32, _i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_v16f, _v16i = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_i32, 16)
+_v32bf = ir.VectorType(_BFloat(), 32)
+
+
+def _function(module, name, ret, args):
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(ret, args), name)
+
+
+def _fused_tile(mode):
+    """tile(a, a0, rs, rows, b, b0, steps, out, res, bias, r0, c0): out[r0 + i, c0 + j] = epilogue(sum over
+    k < steps of a[a0 + i * rs + k] . b[b0 + k * 48 + j]) for i < rows, j < min(48, N - c0).
+
+    a, b: int32 lanes of bf16 pairs (x row-major, row stride rs; the weight's 48-column panel); rows i >= rows
+    read row rows - 1 and are never written; columns past N are masked off (bias and residual too)."""
+
+    @intrinsic
+    def tile(typingctx, a, a0, rs, rows, b, b0, steps, out, res, bias, r0, c0):
+        sig = types.void(a, a0, rs, rows, b, b0, steps, out, res, bias, r0, c0)
+
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            a0_v, rs_v, rows_v, b0_v, steps_v, r0_v, c0_v = (context.cast(builder, args[i], ty[i], types.int64)
+                                                             for i in (1, 2, 3, 5, 6, 10, 11))
+
+            def data(i):
+                return context.make_array(ty[i])(context, builder, args[i]).data
+
+            dot = _function(builder.module, "llvm.x86.avx512bf16.dpbf16ps.512", _v16f, [_v16f, _v32bf, _v32bf])
+            last = builder.sub(rows_v, ir.Constant(_i64, 1))
+            arows = []
+            for i in range(MR):
+                r = builder.select(builder.icmp_signed("<", ir.Constant(_i64, i), rows_v), ir.Constant(_i64, i), last)
+                arows.append(builder.gep(data(0), [builder.add(a0_v, builder.mul(r, rs_v))]))
+            bptr = builder.gep(data(4), [b0_v])
+            zero = ir.Constant(_v16f, None)
+            entry = builder.block
+            loop, done = builder.append_basic_block("tile.loop"), builder.append_basic_block("tile.done")
+            builder.cbranch(builder.icmp_signed(">", steps_v, ir.Constant(_i64, 0)), loop, done)
+            builder.position_at_end(loop)
+            k = builder.phi(_i64)
+            accs = [builder.phi(_v16f) for _ in range(MR * NR // 16)]
+            bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, NR))])
+            bs = [builder.bitcast(builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(_i64, 16 * j)]),
+                                                               _v16i.as_pointer()), align=4), _v32bf)
+                  for j in range(NR // 16)]
+            splat = ir.Constant(_v16i, None)
+            new = []
+            for i in range(MR):
+                s = builder.load(builder.gep(arows[i], [k]), align=4)
+                v = builder.insert_element(ir.Constant(_v16i, ir.Undefined), s, ir.Constant(_i32, 0))
+                av = builder.bitcast(builder.shuffle_vector(v, ir.Constant(_v16i, ir.Undefined), splat), _v32bf)
+                new += [builder.call(dot, [accs[i * (NR // 16) + j], av, bs[j]]) for j in range(NR // 16)]
+            k_next = builder.add(k, ir.Constant(_i64, 1))
+            k.add_incoming(ir.Constant(_i64, 0), entry)
+            k.add_incoming(k_next, loop)
+            for acc, val in zip(accs, new):
+                acc.add_incoming(zero, entry)
+                acc.add_incoming(val, loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, steps_v), loop, done)
+            builder.position_at_end(done)
+            finals = []
+            for val in new:
+                finals.append(builder.phi(_v16f))
+                finals[-1].add_incoming(zero, entry)
+                finals[-1].add_incoming(val, loop)
+            n = builder.extract_value(context.make_array(ty[7])(context, builder, args[7]).shape, 1)
+            o_p, e_p, b_p = data(7), data(8), data(9)
+            left = builder.sub(n, c0_v)  # columns of this panel that exist
+            lane = ir.Constant(_v16i, list(range(16)))
+            masks = [builder.icmp_signed("<", lane, amx._splat(builder, builder.trunc(
+                builder.sub(left, ir.Constant(_i64, 16 * j)), _i32), _v16i)) for j in range(NR // 16)]
+            mload = _function(builder.module, "llvm.masked.load.v16f32.p0", _v16f,
+                              [_v16f.as_pointer(), _i32, ir.VectorType(_i1, 16), _v16f])
+            mstore = _function(builder.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                               [_v16f, _v16f.as_pointer(), _i32, ir.VectorType(_i1, 16)])
+            align = ir.Constant(_i32, 4)
+
+            def at(base, index):
+                return builder.bitcast(builder.gep(base, [index]), _v16f.as_pointer())
+
+            bias_v = [builder.call(mload, [at(b_p, builder.add(c0_v, ir.Constant(_i64, 16 * j))), align, masks[j],
+                                           zero]) for j in range(NR // 16)]
+            for i in range(MR):
+                row = builder.append_basic_block(f"tile.row{i}")
+                after = builder.append_basic_block(f"tile.after{i}")
+                builder.cbranch(builder.icmp_signed("<", ir.Constant(_i64, i), rows_v), row, after)
+                builder.position_at_end(row)
+                base = builder.add(builder.mul(builder.add(r0_v, ir.Constant(_i64, i)), n), c0_v)
+                for j in range(NR // 16):
+                    o = builder.add(base, ir.Constant(_i64, 16 * j))
+                    y = builder.fadd(finals[i * (NR // 16) + j], bias_v[j])
+                    if mode == amx.GELU:
+                        y = amx._gelu_f32(builder, y)
+                    elif mode == amx.RESIDUAL:
+                        y = builder.fadd(builder.call(mload, [at(e_p, o), align, masks[j], zero]), y)
+                    builder.call(mstore, [y, at(o_p, o), align, masks[j]])
+                builder.branch(after)
+                builder.position_at_end(after)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile_bias, _tile_gelu, _tile_residual = (_fused_tile(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
 
 
 @pjit
-def _gemm(xu, panels, n, bias, res, out, mode, chunk):
-    m = xu.shape[0]
-    npan, kp = panels.shape[0], panels.shape[1]
-    flat = panels.reshape(-1)
-    tasks = (m + chunk - 1) // chunk
-    for t in prange(tasks):
-        r0 = t * chunk
-        rows = min(chunk, m - r0)
-        nsub = (rows + MR - 1) // MR
-        apack = np.empty(nsub * kp * MR, np.int32)
-        tile = np.empty(MR * NR, np.float32)
-        _pack_rows(xu, r0, rows, kp, apack)
-        for p in range(npan):
-            cols = min(NR, n - p * NR)
-            for s in range(nsub):
-                _tile(apack, s * kp * MR, flat, p * kp * NR, kp, tile)
-                _store(tile, NR, out, res, bias, r0 + s * MR, p * NR, min(MR, rows - s * MR), cols, mode)
+def _round_rows(xu, a16, lanes):
+    """x (uint32 view, (M, K)) -> a16: (M, 2 * lanes) bf16 bits row-major, round to nearest even, zero padded."""
+    m, k = xu.shape
+    flat, dst = xu.reshape(-1), a16.reshape(-1)
+    for r in prange(m):
+        src, base = r * k, r * 2 * lanes
+        full = k // 32 * 32
+        for j in range(0, full, 32):
+            amx.bf16_32(flat, src + j, dst, base + j)
+        for j in range(full, 2 * lanes):
+            dst[base + j] = _bf16_of(np.uint32(flat[src + j])) if j < k else 0
+
+
+@pjit
+def _gemm(a, m, lanes, panels, bias, res, out, mode, mc, groups):
+    npan, steps = panels.shape[0], panels.shape[1]
+    flat, af = panels.reshape(-1), a.reshape(-1)
+    mchunks = (m + mc - 1) // mc
+    for task in prange(mchunks * groups):  # a chunk of rows x a range of panels
+        m0 = (task % mchunks) * mc
+        m1 = min(m, m0 + mc)
+        g = task // mchunks
+        for p in range(g * npan // groups, (g + 1) * npan // groups):
+            for r0 in range(m0, m1, MR):
+                rows = min(MR, m1 - r0)
+                if mode == 0:
+                    _tile_bias(af, r0 * lanes, lanes, rows, flat, p * steps * NR, steps, out, res, bias, r0, p * NR)
+                elif mode == 1:
+                    _tile_gelu(af, r0 * lanes, lanes, rows, flat, p * steps * NR, steps, out, res, bias, r0, p * NR)
+                else:
+                    _tile_residual(af, r0 * lanes, lanes, rows, flat, p * steps * NR, steps, out, res, bias, r0,
+                                   p * NR)
 
 
 @pjit
@@ -398,6 +510,29 @@ def amx_buffers(m, packed, acc_type):
             amx.scratch(-(-m // mc) * groups, acc_type))
 
 
+_local = threading.local()
+
+
+def _scratch(size):
+    """A 64-byte-aligned int32 buffer of `size` for x's bf16 copy, reused by this thread's calls."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = gemm.aligned((size,), np.int32)
+    return buf[:size]
+
+
+MC = 96  # rows per task: a crop's half; its bf16 rows stay in L2 while the task's panels stream past
+
+
+def split(m, panels):
+    """(rows per task, panel groups) for the AVX-512 kernel: few row chunks are split by panels as well, so that
+    every thread has work and each reads only its share of the weight."""
+    threads = numba.get_num_threads()
+    chunks = -(-m // MC)
+    groups = 1 if chunks >= 4 * threads else min(panels, -(-2 * threads // chunks))
+    return MC, groups
+
+
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     """out = bf16(x) @ bf16(w).T + bias, then GELU or + residual; x (M, K) float32 -> (M, N) float32."""
     bias, residual, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
@@ -410,6 +545,10 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         _gemm_amx(a, m, packed.panels, packed.n, block_padded(bias), residual, out, mode, mc, groups, _CFG, scratch)
         return out
     if FAST:
-        _gemm(x.view(np.uint32), packed.panels, packed.n, bias, residual, out, mode, chunk_rows(x.shape[0]))
+        lanes = packed.panels.shape[1]
+        a = _scratch(m * lanes).reshape(m, lanes)
+        _round_rows(x.view(np.uint32), a.view(np.uint16), lanes)
+        mc, groups = split(m, packed.panels.shape[0])
+        _gemm(a, m, lanes, packed.panels, bias, residual, out, mode, mc, groups)
         return out
     return epilogue(round_bf16(x) @ unpack_weight(packed).T, bias, residual, out, mode)
