@@ -18,9 +18,11 @@ from npvitpose.model import Config, random_weights, save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 rng = np.random.default_rng(8)
-# (M, K, N): tails of every blocking (8 or 32 rows, 48 or 32 columns, 2 or 4 inputs per lane), one ViT-S shape and
-# one whose rows take two AMX chunks (kernels/gemm_bf16.plan)
-SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 50), (20, 66, 97), (192, 384, 1152), (330, 3072, 40)]
+# (M, K, N): tails of every blocking (8 or 32 rows, 48 or 32 columns, 2 or 4 inputs per lane; an odd K past the
+# 32-wide bf16 rounding), one ViT-S shape, one whose rows take two AMX chunks (kernels/gemm_bf16.plan) and one with
+# enough rows that the AVX-512 tasks do not split the panels (kernels/gemm_bf16.split)
+SHAPES = [(1, 1, 1), (7, 5, 3), (9, 33, 50), (20, 66, 97), (13, 67, 145), (192, 384, 1152), (330, 3072, 40),
+          (800, 40, 96)]
 
 
 @pytest.fixture(params=["amx", "avx512"])
@@ -90,7 +92,7 @@ def test_int8_linear_matches_twin(m, k, n, epilogue, path):
 
 @pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
 def test_gelu_epilogue_against_torch(module, path):
-    """x = 0, so out = GELU(bias) through the epilogue alone (AMX: float32 erf, 1.3e-7), against torch's exact GELU."""
+    """x = 0, so out = GELU(bias) through the epilogue alone (float32 erf, 1.3e-7), against torch's exact GELU."""
     v = np.concatenate([np.linspace(-9, 9, 4001), rng.standard_normal(1000) * 3, [0.0, -0.0, 1e-30, -1e-30]])
     v = np.concatenate([v, [np.inf, -np.inf, np.nan]]).astype(np.float32)
     got = module.linear(np.zeros((3, 64), np.float32), module.pack_weight(np.ones((v.size, 64), np.float32)), v, gelu=True)
@@ -111,6 +113,15 @@ def test_residual_in_place_and_no_bias(module, path):
     assert module.linear(x, packed, residual=stream, out=stream) is stream
     np.testing.assert_allclose(stream, expected, rtol=1e-6, atol=1e-6)
     assert module.linear(x[:0], packed).shape == (0, 100)
+
+
+def test_bf16_nan_and_inf_stay_in_their_rows(path):
+    x, w, b, _ = case(21, 70, 100, seed=6)
+    x[3, 5], x[9, 69], x[17, 0] = np.nan, np.inf, -np.inf  # 69: the scalar tail past the 32-wide rounding
+    got = gemm_bf16.linear(x, gemm_bf16.pack_weight(w), b)
+    assert np.isnan(got[3]).all() and not np.isfinite(got[[9, 17]]).any()
+    ok = np.delete(np.arange(21), [3, 9, 17])
+    assert rel(got[ok], twins.linear(twins.bf16(x[ok]), twins.bf16(w), b)) < 2e-6
 
 
 def test_int8_outlier_rows_and_nan(path):
