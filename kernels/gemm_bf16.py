@@ -300,11 +300,7 @@ def _fused_tile(mode):
 
             bias_v = [builder.call(mload, [at(b_p, builder.add(c0_v, ir.Constant(_i64, 16 * j))), align, masks[j],
                                            zero]) for j in range(NR // 16)]
-            for i in range(MR):
-                row = builder.append_basic_block(f"tile.row{i}")
-                after = builder.append_basic_block(f"tile.after{i}")
-                builder.cbranch(builder.icmp_signed("<", ir.Constant(_i64, i), rows_v), row, after)
-                builder.position_at_end(row)
+            def emit_row(i):
                 base = builder.add(builder.mul(builder.add(r0_v, ir.Constant(_i64, i)), n), c0_v)
                 for j in range(NR // 16):
                     o = builder.add(base, ir.Constant(_i64, 16 * j))
@@ -314,8 +310,24 @@ def _fused_tile(mode):
                     elif mode == amx.RESIDUAL:
                         y = builder.fadd(builder.call(mload, [at(e_p, o), align, masks[j], zero]), y)
                     builder.call(mstore, [y, at(o_p, o), align, masks[j]])
+
+            # a whole tile in one block (the GELU of its 24 vectors interleaves), else row by row
+            full, part, end = (builder.append_basic_block(f"tile.{s}") for s in ("full", "part", "end"))
+            builder.cbranch(builder.icmp_signed("==", rows_v, ir.Constant(_i64, MR)), full, part)
+            builder.position_at_end(full)
+            for i in range(MR):
+                emit_row(i)
+            builder.branch(end)
+            builder.position_at_end(part)
+            for i in range(MR):
+                row, after = builder.append_basic_block(f"tile.row{i}"), builder.append_basic_block(f"tile.after{i}")
+                builder.cbranch(builder.icmp_signed("<", ir.Constant(_i64, i), rows_v), row, after)
+                builder.position_at_end(row)
+                emit_row(i)
                 builder.branch(after)
                 builder.position_at_end(after)
+            builder.branch(end)
+            builder.position_at_end(end)
             return context.get_dummy_value()
 
         return sig, codegen
