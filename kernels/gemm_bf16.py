@@ -354,15 +354,17 @@ def _round_rows(xu, m0, rows, a16, lanes):
 
 
 @pjit
-def _gemm(xu, m, panels, bias, res, out, mode, mc, a, a16):
+def _gemm(xu, m, panels, bias, res, out, mode, mc, groups, a, a16):
     npan, steps = panels.shape[0], panels.shape[1]
     flat = panels.reshape(-1)
-    for task in prange((m + mc - 1) // mc):  # a chunk of rows against every panel
-        m0 = task * mc
+    chunks = (m + mc - 1) // mc
+    for task in prange(chunks * groups):  # a chunk of rows x a range of panels
+        m0 = (task % chunks) * mc
         rows = min(mc, m - m0)
+        g = task // chunks
         at, a_t = a[task], a16[task]
         _round_rows(xu, m0, rows, a_t, steps)  # in the task: one launch, and the rows stay in this core's caches
-        for p in range(npan):
+        for p in range(g * npan // groups, (g + 1) * npan // groups):
             for i0 in range(0, rows, MR):
                 r = min(MR, rows - i0)
                 if mode == 0:
@@ -534,17 +536,20 @@ def _scratch(size):
     return buf[:size]
 
 
-MC = 96  # rows per task at most: a crop's half; its bf16 rows stay in L2 while the weight's panels stream past
+A_BYTES = 1 << 19  # a task's bf16 rows: half of this CPU's 1 MiB L2, beside a 48-column panel of the weight
 
 
-def split(m):
-    """Rows per task of the AVX-512 kernel, a multiple of MR: at most MC, and at least 3 tasks a thread, so that
-    one crop's rows keep every thread busy (at M = 192, 32-row tasks beat 96-row ones with the panels split
-    between tasks: ViT-S proj 94 against 103-149 us)."""
+def split(m, steps, panels):
+    """(rows per task, panel groups) of the AVX-512 kernel: chunks of rows whose bf16 copy (steps lanes a row) stays in
+    L2, as few as the threads allow (each chunk streams the whole weight); too few chunks for the threads split the
+    panels in groups, so that the threads read disjoint parts of a weight that is cold in the whole forward."""
     threads = numba.get_num_threads()
-    tasks = -(-max(3 * threads, -(-m // MC)) // threads) * threads
-    per = -(-m // tasks)
-    return -(-per // MR) * MR
+    rows = max(MR, A_BYTES // (4 * steps) // MR * MR)
+    chunks = -(-m // rows)
+    if chunks >= threads:
+        chunks = -(-chunks // threads) * threads
+    per = -(-m // chunks)
+    return -(-per // MR) * MR, max(1, min(panels, threads // chunks))
 
 
 def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
@@ -560,8 +565,8 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         return out
     if FAST:
         lanes = packed.panels.shape[1]
-        mc = split(m)
-        a = _scratch(-(-m // mc) * mc * lanes).reshape(-1, mc * lanes)
-        _gemm(x.view(np.uint32), m, packed.panels, bias, residual, out, mode, mc, a, a.view(np.uint16))
+        mc, groups = split(m, lanes, packed.panels.shape[0])
+        a = _scratch(-(-m // mc) * groups * mc * lanes).reshape(-1, mc * lanes)
+        _gemm(x.view(np.uint32), m, packed.panels, bias, residual, out, mode, mc, groups, a, a.view(np.uint16))
         return out
     return epilogue(round_bf16(x) @ unpack_weight(packed).T, bias, residual, out, mode)
