@@ -4,10 +4,11 @@ The contract of kernels/gemm.py (`pack_weight`, `linear`), with the weights kept
 - pack_weight(w): w (N, K) float32, the checkpoint's (out, in) layout, rounded to bf16 once
   (round to nearest even) into int32 lanes holding (w[n, 2k], w[n, 2k+1]): AMX tiles of 16 outputs
   (kernels/amx.py) where the CPU has AMX, else column panels of 48 outputs.
-- linear(x, packed): activations are rounded to bf16 the same way in one parallel pass (row-major for
-  AMX) or per task (8-row panels for AVX-512); every product is exact in fp32 and accumulated in fp32,
-  so the only error is the two roundings. AMX: 32 x 32 blocks held in tile registers over all of K, the
-  epilogue applied on each block as it leaves them; else AVX512-BF16 8x48 register tiles.
+- linear(x, packed): activations are rounded to bf16 the same way, in one parallel pass (AMX strips) or
+  by each task for its own rows (row-major, read in place by the AVX-512 tiles); every product is exact in
+  fp32 and accumulated in fp32, so the only error is the two roundings. AMX: 32 x 32 blocks held in tile
+  registers over all of K; else AVX512-BF16 8x48 register tiles over all of K. Either way the epilogue
+  (bias, GELU in float32, residual) is applied as the accumulators leave the registers.
 Where the CPU (or Numba's target, e.g. NUMBA_CPU_NAME=generic) lacks AVX512-BF16, the same bf16
 values are widened to fp32 and multiplied by NumPy's BLAS: the same numbers up to summation order,
 slower than fp32. `FAST` says which path runs.
@@ -177,11 +178,7 @@ def tile_intrinsic(name, acc_type, lane_type):
     return tile
 
 
-_tile = tile_intrinsic("llvm.x86.avx512bf16.dpbf16ps.512", ir.VectorType(ir.FloatType(), 16),
-                       ir.VectorType(_BFloat(), 32))
-
-
-# ---- the GEMM: one parallel region, each task packs its own rows then sweeps every column panel ----
+# ---- a scalar epilogue on a tile in scratch (AMX blocks of a partial width; gemm_int8 uses gelu_value) ----
 
 @jit
 def gelu_value(v):
@@ -212,8 +209,8 @@ def _bf16_of(u):
     return (u >> 16) | 0x40 if (u & 0x7FFFFFFF) > 0x7F800000 else rounded
 
 
-# ---- the AVX512-BF16 path: x rounded once into row-major bf16 pairs, read in place by an 8 x 48 micro-kernel
-# whose epilogue (bias, float32 GELU | residual) runs on the accumulators as they leave the registers ----
+# ---- the AVX512-BF16 path: each task rounds its rows of x into row-major bf16 pairs, read in place by an 8 x 48
+# micro-kernel whose epilogue (bias, float32 GELU | residual) runs on the accumulators as they leave the registers ----
 
 _i1, _i32, _i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 _v16f, _v16i = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_i32, 16)
@@ -300,6 +297,7 @@ def _fused_tile(mode):
 
             bias_v = [builder.call(mload, [at(b_p, builder.add(c0_v, ir.Constant(_i64, 16 * j))), align, masks[j],
                                            zero]) for j in range(NR // 16)]
+
             def emit_row(i):
                 base = builder.add(builder.mul(builder.add(r0_v, ir.Constant(_i64, i)), n), c0_v)
                 for j in range(NR // 16):
