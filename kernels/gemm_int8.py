@@ -203,21 +203,25 @@ def _vnni_tile(mode):
                     for j in range(NR // 16)]
             bias_v = [builder.load(amx._vector_at(builder, bias_p, ir.Constant(i64, 16 * j), _v16f), align=4)
                       for j in range(NR // 16)]
+            ys = []  # every row's values first, in one block: the GELU's 24 polynomial chains overlap
+            for i in range(MR):
+                ri = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), rows_v), ir.Constant(i64, i), last)
+                at = builder.mul(builder.add(s0_v, ri), ir.Constant(i64, 2))
+                s = builder.fptrunc(builder.load(builder.gep(sz_p, [at])), amx._f32)
+                z = builder.fptosi(builder.load(builder.gep(sz_p, [builder.add(at, ir.Constant(i64, 1))])), i32)
+                s_v, z_v = amx._splat(builder, s, _v16f), amx._splat(builder, z, _v16i)
+                for j in range(NR // 16):
+                    # |acc - z * colsum| <= 2 * 255 * 127 * K: exact in int32 for K up to 33000
+                    d = builder.sitofp(builder.sub(finals[i * (NR // 16) + j], builder.mul(z_v, cs_v[j])), _v16f)
+                    y = builder.fadd(builder.fmul(d, builder.fmul(s_v, sw_v[j])), bias_v[j])
+                    ys.append(amx._gelu_f32(builder, y) if mode == amx.GELU else y)
             for i in range(MR):
                 with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, i), rows_v), likely=True):
-                    at = builder.mul(builder.add(s0_v, ir.Constant(i64, i)), ir.Constant(i64, 2))
-                    s = builder.fptrunc(builder.load(builder.gep(sz_p, [at])), amx._f32)
-                    z = builder.fptosi(builder.load(builder.gep(sz_p, [builder.add(at, ir.Constant(i64, 1))])), i32)
-                    s_v, z_v = amx._splat(builder, s, _v16f), amx._splat(builder, z, _v16i)
                     row = builder.add(o0_v, builder.mul(ir.Constant(i64, i), ostride_v))
                     for j in range(NR // 16):
-                        # |acc - z * colsum| <= 2 * 255 * 127 * K: exact in int32 for K up to 33000
-                        d = builder.sitofp(builder.sub(finals[i * (NR // 16) + j], builder.mul(z_v, cs_v[j])), _v16f)
-                        y = builder.fadd(builder.fmul(d, builder.fmul(s_v, sw_v[j])), bias_v[j])
                         o = builder.add(row, ir.Constant(i64, 16 * j))
-                        if mode == amx.GELU:
-                            y = amx._gelu_f32(builder, y)
-                        elif mode == amx.RESIDUAL:
+                        y = ys[i * (NR // 16) + j]
+                        if mode == amx.RESIDUAL:
                             y = builder.fadd(y, builder.load(amx._vector_at(builder, res_p, o, _v16f), align=4))
                         builder.store(y, amx._vector_at(builder, out_p, o, _v16f), align=4)
             return context.get_dummy_value()
