@@ -8,10 +8,11 @@ The contract of kernels/gemm.py (`pack_weight`, `linear`), with int8 weights and
   zero point z = rint(-min / s), u = clip(rint(x / s) + z, 0, 255), so x ~ s * (u - z). Asymmetric
   (rather than u = q + 128) because post-GELU rows are one-sided: it doubles their resolution.
   acc = sum_k u * q exactly in int32 (|acc - z * colsum| <= 2 * 255 * 127 * K < 2^31: weights wider than
-  33000 inputs are refused), then out = s * sw[n] * (acc - z * colsum[n]) + bias (in float32 on the AMX
-  blocks, kernels/amx.epilogue_int8; in double precision elsewhere).
+  33000 inputs are refused), then out = f32(acc - z * colsum[n]) * (f32(s) * f32(sw[n])) + bias in float32
+  (kernels/amx.epilogue_int8 on the AMX blocks, the same arithmetic on the VNNI tiles' registers; the AMX
+  path's last partial block and the fallback in double precision).
   AMX (kernels/amx.py, as in gemm_bf16: activations quantised in one parallel pass, 32 x 32 blocks)
-  where the CPU has it, else AVX512-VNNI 8x48 register tiles.
+  where the CPU has it, else AVX512-VNNI 8x48 register tiles, each task quantising its own rows.
 Where the CPU (or Numba's target) lacks AVX512-VNNI, the same integers are multiplied by NumPy's
 float64 BLAS, exact for these sizes: the same numbers, slower than fp32. `FAST` says which path runs.
 """
@@ -21,7 +22,6 @@ import threading
 from typing import NamedTuple
 
 import numba
-
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -84,20 +84,6 @@ def _padded(v, size):
 def unpack_weight(packed):
     """The int8 weight (N, K) as stored (without its scale)."""
     return np.ascontiguousarray(lanes_of(packed)).view(np.int8)[:packed.n, :packed.k]
-
-
-@jit
-def _row_scale(x, r):
-    """Scale and zero point of row r: the range [min(x, 0), max(x, 0)] mapped onto 0..255."""
-    lo, hi = 0.0, 0.0
-    for j in range(x.shape[1]):
-        v = np.float64(x[r, j])
-        lo = min(lo, v)
-        hi = max(hi, v)
-    s = (hi - lo) / 255.0
-    if not s > 0.0 or s == np.inf:  # an all-zero row (or NaN/inf, which linear() refuses beforehand)
-        s = 1.0
-    return s, np.rint(-lo / s)
 
 
 def quantize_rows(x):
