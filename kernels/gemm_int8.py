@@ -8,24 +8,29 @@ The contract of kernels/gemm.py (`pack_weight`, `linear`), with int8 weights and
   zero point z = rint(-min / s), u = clip(rint(x / s) + z, 0, 255), so x ~ s * (u - z). Asymmetric
   (rather than u = q + 128) because post-GELU rows are one-sided: it doubles their resolution.
   acc = sum_k u * q exactly in int32 (|acc - z * colsum| <= 2 * 255 * 127 * K < 2^31: weights wider than
-  33000 inputs are refused), then out = s * sw[n] * (acc - z * colsum[n]) + bias (in float32 on the AMX
-  blocks, kernels/amx.epilogue_int8; in double precision elsewhere).
+  33000 inputs are refused), then out = f32(acc - z * colsum[n]) * (f32(s) * f32(sw[n])) + bias in float32
+  (kernels/amx.epilogue_int8 on the AMX blocks, the same arithmetic on the VNNI tiles' registers; the AMX
+  path's last partial block and the fallback in double precision).
   AMX (kernels/amx.py, as in gemm_bf16: activations quantised in one parallel pass, 32 x 32 blocks)
-  where the CPU has it, else AVX512-VNNI 8x48 register tiles.
+  where the CPU has it, else AVX512-VNNI 8x48 register tiles, each task quantising its own rows.
 Where the CPU (or Numba's target) lacks AVX512-VNNI, the same integers are multiplied by NumPy's
 float64 BLAS, exact for these sizes: the same numbers, slower than fp32. `FAST` says which path runs.
 """
 
+import math
+import threading
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
 from . import amx, gemm
 from ._jit import jit, pjit
 from .gemm_bf16 import (BC, BR, MR, NR, _prefetch_block, amx_buffers, block_padded, check_call, chunk_rows, cpu_has,
-                        epilogue, gelu_value, lanes_of, tile_intrinsic)
+                        epilogue, gelu_value, lanes_of)
 
 AMX = amx.available(cpu_has, "amx-int8")
 FAST = AMX or cpu_has("avx512vnni")
@@ -70,23 +75,15 @@ def pack_weight(w):
     return PackedInt8(panels, scale, colsum, n, k)
 
 
+def _padded(v, size):
+    out = np.zeros(size, v.dtype)
+    out[:len(v)] = v
+    return out
+
+
 def unpack_weight(packed):
     """The int8 weight (N, K) as stored (without its scale)."""
     return np.ascontiguousarray(lanes_of(packed)).view(np.int8)[:packed.n, :packed.k]
-
-
-@jit
-def _row_scale(x, r):
-    """Scale and zero point of row r: the range [min(x, 0), max(x, 0)] mapped onto 0..255."""
-    lo, hi = 0.0, 0.0
-    for j in range(x.shape[1]):
-        v = np.float64(x[r, j])
-        lo = min(lo, v)
-        hi = max(hi, v)
-    s = (hi - lo) / 255.0
-    if not s > 0.0 or s == np.inf:  # an all-zero row (or NaN/inf, which linear() refuses beforehand)
-        s = 1.0
-    return s, np.rint(-lo / s)
 
 
 def quantize_rows(x):
@@ -101,35 +98,9 @@ def quantize_rows(x):
 
 
 @jit
-def _pack_rows(x, r0, rows, kq, apack, sz):
-    """Rows r0.. of x -> 8-row panels of 4 u8 per lane, (rows/8, kq, 8) int32; sz[i] = (scale, zero point)."""
-    k = x.shape[1]
-    for s in range((rows + MR - 1) // MR):
-        for r in range(MR):
-            m = s * MR + r
-            base = s * kq * MR + r
-            if m >= rows:
-                for q in range(kq):
-                    apack[base + q * MR] = 0
-                continue
-            scale, zp = _row_scale(x, r0 + m)
-            sz[m, 0], sz[m, 1] = scale, zp
-            for q in range(kq):
-                lane = 0
-                for b in range(4):
-                    if 4 * q + b < k:
-                        lane |= _quantize(x[r0 + m, 4 * q + b], scale, zp) << (8 * b)
-                apack[base + q * MR] = np.int32(np.uint32(lane))
-
-
-@jit
-def _quantize(v, scale, zp):
-    return int(min(max(np.rint(np.float64(v) * (1.0 / scale)) + zp, 0.0), 255.0))
-
-
-@jit
 def _store(tile, stride, sz, out, res, bias, scale, colsum, r0, c0, rows, cols, mode):
-    """out = s * sw * (acc - z * colsum) + bias, then GELU (mode 1) or + residual (mode 2); sz from row r0."""
+    """The AMX blocks' last partial block: out = s * sw * (acc - z * colsum) + bias, then GELU (mode 1) or
+    + residual (mode 2), in double precision; sz from row r0."""
     for r in range(rows):
         s, zp = sz[r, 0], np.int32(sz[r, 1])
         t, o, e = tile[r * stride:r * stride + cols], out[r0 + r, c0:c0 + cols], res[r0 + r, c0:c0 + cols]
@@ -146,30 +117,226 @@ def _store(tile, stride, sz, out, res, bias, scale, colsum, r0, c0, rows, cols, 
                 o[j] = np.float64(t[j] - zp * cs[j]) * (s * sw[j]) + b[j] + e[j]
 
 
-_tile = tile_intrinsic("llvm.x86.avx512.vpdpbusd.512", ir.VectorType(ir.IntType(32), 16),
-                       ir.VectorType(ir.IntType(8), 64))
+# ---- AVX512-VNNI: x quantised row-major per task (vectors), 8 x 48 register tiles reading its rows in place,
+# the dequantisation and epilogue applied in float32 on the accumulators before they leave the registers ----
+
+_v16i, _v16f, _v64b = amx._v16i, amx._v16f, ir.VectorType(ir.IntType(8), 64)
+
+
+def _vnni_tile(mode):
+    """tile(a, a0, stride, rows, b, b0, steps, sz, s0, sw, cs, bias, res, out, o0, ostride): the 8 x 48 tile
+    acc[i, j] = sum over lanes q < steps of a's u8 lane (a0 + i * stride + 4q) . b's s8 lane (b0 + 48q + j),
+    rows i >= rows repeating row rows - 1; then out[o0 + i * ostride + j] = f32(acc - z * cs[j]) * (f32(s) *
+    f32(sw[j])) + bias[j] (GELU | + res at the same index), (s, z) = sz[s0 + i], for i < rows and all 48 j
+    (sw, cs, bias: that panel's 48 columns, padded)."""
+    @intrinsic
+    def tile(typingctx, a, a0, stride, rows, b, b0, steps, sz, s0, sw, cs, bias, res, out, o0, ostride):
+        sig = types.void(a, a0, stride, rows, b, b0, steps, sz, s0, sw, cs, bias, res, out, o0, ostride)
+
+        def codegen(context, builder, signature, args):
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            tys = signature.args
+
+            def int_arg(i):
+                return context.cast(builder, args[i], tys[i], types.int64)
+
+            def data(i):
+                return context.make_array(tys[i])(context, builder, args[i]).data
+
+            a0_v, stride_v, rows_v, b0_v, steps_v, s0_v, o0_v, ostride_v = (int_arg(i) for i in (1, 2, 3, 5, 6, 8, 14, 15))
+            a_p, b_p, sz_p, sw_p, cs_p, bias_p, res_p, out_p = (data(i) for i in (0, 4, 7, 9, 10, 11, 12, 13))
+            last = builder.sub(rows_v, ir.Constant(i64, 1))
+            arows = []
+            for i in range(MR):
+                r = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), rows_v), ir.Constant(i64, i), last)
+                row = builder.gep(a_p, [builder.add(a0_v, builder.mul(r, stride_v))])
+                arows.append(builder.bitcast(row, i32.as_pointer()))
+            bptr = builder.bitcast(builder.gep(b_p, [b0_v]), i32.as_pointer())
+            dot = amx._declare_typed(builder.module, "llvm.x86.avx512.vpdpbusd.512", _v16i, [_v16i, _v64b, _v64b])
+            zero = ir.Constant(_v16i, None)
+            entry = builder.block
+            loop, done = builder.append_basic_block("vnni.loop"), builder.append_basic_block("vnni.done")
+            builder.cbranch(builder.icmp_signed(">", steps_v, ir.Constant(i64, 0)), loop, done)
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            accs = [builder.phi(_v16i) for _ in range(MR * NR // 16)]
+            bk = builder.mul(k, ir.Constant(i64, NR))
+            bs = [builder.bitcast(builder.load(amx._vector_at(builder, bptr, builder.add(bk, ir.Constant(i64, 16 * j)),
+                                                              _v16i), align=4), _v64b) for j in range(NR // 16)]
+            new = []
+            for i in range(MR):
+                lane = builder.load(builder.gep(arows[i], [k]), align=4)
+                av = builder.bitcast(amx._splat(builder, lane, _v16i), _v64b)
+                for j in range(NR // 16):
+                    new.append(builder.call(dot, [accs[i * (NR // 16) + j], av, bs[j]]))
+            k_next = builder.add(k, ir.Constant(i64, 1))
+            k.add_incoming(ir.Constant(i64, 0), entry)
+            k.add_incoming(k_next, loop)
+            for acc, val in zip(accs, new):
+                acc.add_incoming(zero, entry)
+                acc.add_incoming(val, loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, steps_v), loop, done)
+            builder.position_at_end(done)
+            finals = []
+            for val in new:
+                finals.append(builder.phi(_v16i))  # every phi first
+                finals[-1].add_incoming(zero, entry)
+                finals[-1].add_incoming(val, loop)
+            sw8 = [builder.fptrunc(builder.load(amx._vector_at(builder, sw_p, ir.Constant(i64, 8 * j), amx._v8d), align=8),
+                                   amx._v8f) for j in range(NR // 8)]
+            sw_v = [amx._join(builder, sw8[2 * j], sw8[2 * j + 1]) for j in range(NR // 16)]
+            cs_v = [builder.load(amx._vector_at(builder, cs_p, ir.Constant(i64, 16 * j), _v16i), align=4)
+                    for j in range(NR // 16)]
+            bias_v = [builder.load(amx._vector_at(builder, bias_p, ir.Constant(i64, 16 * j), _v16f), align=4)
+                      for j in range(NR // 16)]
+            ys = []  # every row's values first, in one block: the GELU's 24 polynomial chains overlap
+            for i in range(MR):
+                ri = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), rows_v), ir.Constant(i64, i), last)
+                at = builder.mul(builder.add(s0_v, ri), ir.Constant(i64, 2))
+                s = builder.fptrunc(builder.load(builder.gep(sz_p, [at])), amx._f32)
+                z = builder.fptosi(builder.load(builder.gep(sz_p, [builder.add(at, ir.Constant(i64, 1))])), i32)
+                s_v, z_v = amx._splat(builder, s, _v16f), amx._splat(builder, z, _v16i)
+                for j in range(NR // 16):
+                    # |acc - z * colsum| <= 2 * 255 * 127 * K: exact in int32 for K up to 33000
+                    d = builder.sitofp(builder.sub(finals[i * (NR // 16) + j], builder.mul(z_v, cs_v[j])), _v16f)
+                    y = builder.fadd(builder.fmul(d, builder.fmul(s_v, sw_v[j])), bias_v[j])
+                    ys.append(amx._gelu_f32(builder, y) if mode == amx.GELU else y)
+            for i in range(MR):
+                with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, i), rows_v), likely=True):
+                    row = builder.add(o0_v, builder.mul(ir.Constant(i64, i), ostride_v))
+                    for j in range(NR // 16):
+                        o = builder.add(row, ir.Constant(i64, 16 * j))
+                        y = ys[i * (NR // 16) + j]
+                        if mode == amx.RESIDUAL:
+                            y = builder.fadd(y, builder.load(amx._vector_at(builder, res_p, o, _v16f), align=4))
+                        builder.store(y, amx._vector_at(builder, out_p, o, _v16f), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_vnni_bias, _vnni_gelu, _vnni_residual = (_vnni_tile(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
+
+
+@intrinsic
+def _quantize64(typingctx, x, off, inv, zp, a, a_off):
+    """a.flat[a_off:a_off + 64] = clip(rint(float64(x.flat[off + j]) * inv) + zp, 0, 255) as u8, j < 64: amx.quantize64's
+    numbers with the rounding done by the conversion (vcvtpd2dq, nearest even as np.rint), zp added and the clip
+    done on int32, and one 64-byte store (its eight narrowing stores and double-precision clip took twice as long)."""
+    def codegen(context, builder, signature, args):
+        tx, _, _, _, ta, _ = signature.args
+        x_v, off_v, inv_v, zp_v, a_v, a_off_v = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        src = builder.gep(context.make_array(tx)(context, builder, x_v).data, [off_v])
+        dst = builder.gep(context.make_array(ta)(context, builder, a_v).data, [a_off_v])
+        v8d, v8f, v8i = amx._v8d, amx._v8f, amx._v8i
+        cvt = amx._declare_typed(builder.module, "llvm.x86.avx512.mask.cvtpd2dq.512", v8i, [v8d, v8i, ir.IntType(8), i32])
+        smax = amx._declare_typed(builder.module, "llvm.smax.v16i32", _v16i, [_v16i, _v16i])
+        smin = amx._declare_typed(builder.module, "llvm.smin.v16i32", _v16i, [_v16i, _v16i])
+        inv8 = amx._splat(builder, inv_v, v8d)
+        zp16 = amx._splat(builder, builder.fptosi(zp_v, i32), _v16i)
+        parts = []
+        for v in range(8):
+            f = builder.fpext(builder.load(amx._vector_at(builder, src, ir.Constant(i64, 8 * v), v8f), align=4), v8d)
+            # rounding argument 4: the current mode (round to nearest even, as np.rint)
+            parts.append(builder.call(cvt, [builder.fmul(f, inv8), ir.Constant(v8i, None), ir.Constant(ir.IntType(8), -1),
+                                            ir.Constant(i32, 4)]))
+        joined = [builder.shuffle_vector(parts[i], parts[i + 1], ir.Constant(ir.VectorType(i32, 16), list(range(16))))
+                  for i in range(0, 8, 2)]
+        lo, hi = ir.Constant(_v16i, [0] * 16), ir.Constant(_v16i, [255] * 16)
+        v16b = ir.VectorType(ir.IntType(8), 16)
+        bytes16 = [builder.trunc(builder.call(smin, [builder.call(smax, [builder.add(q, zp16), lo]), hi]), v16b)
+                   for q in joined]
+        halves = [builder.shuffle_vector(bytes16[i], bytes16[i + 1], ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+                  for i in (0, 2)]
+        out = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(i32, 64), list(range(64))))
+        builder.store(out, amx._vector_at(builder, dst, ir.Constant(i64, 0), _v64b), align=1)
+        return context.get_dummy_value()
+
+    return types.void(x, off, inv, zp, a, a_off), codegen
+
+
+@jit
+def _quantize_task(x, m0, rows, a, kp, sz, ends, bad, mark):
+    """Rows m0.. of x -> a (row i at i * kp: u8, zero padded to kp), sz[i] = (scale, zero point); a row with NaN
+    or inf is packed as zeros and, where `mark`, flagged in bad[m0 + i]. Whole 64-input runs through
+    amx.row_range / _quantize64 (the same float64 arithmetic as quantize_rows), the tail as scalars."""
+    k = x.shape[1]
+    full = k // amx.DEPTH * amx.DEPTH
+    flat = x.reshape(-1)
+    for i in range(rows):
+        r = m0 + i
+        row_bad = amx.row_range(flat, r * k, full, ends)
+        lo, hi = np.float64(ends[0]), np.float64(ends[1])
+        for j in range(full, k):
+            v = np.float64(x[r, j])
+            if not np.isfinite(v):
+                row_bad = 1
+            lo, hi = min(lo, v), max(hi, v)
+        if mark:
+            bad[r] = row_bad
+        if row_bad:
+            sz[i, 0], sz[i, 1] = 1.0, 0.0
+            a[i * kp:(i + 1) * kp] = 0
+            continue
+        s = (hi - lo) / 255.0
+        if not s > 0.0 or s == np.inf:  # an all-zero row
+            s = 1.0
+        zp = np.rint(-lo / s)
+        sz[i, 0], sz[i, 1] = s, zp
+        inv = 1.0 / s
+        for t in range(full // amx.DEPTH):
+            _quantize64(flat, r * k + t * amx.DEPTH, inv, zp, a, i * kp + t * amx.DEPTH)
+        for j in range(full, kp):  # the tail and K's padding
+            a[i * kp + j] = np.uint8(min(max(np.rint(np.float64(x[r, j]) * inv) + zp, 0.0), 255.0)) if j < k else 0
+
+
+@jit
+def _tile_call(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride, mode):
+    if mode == amx.BIAS:
+        _vnni_bias(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride)
+    elif mode == amx.GELU:
+        _vnni_gelu(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride)
+    else:
+        _vnni_residual(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride)
 
 
 @pjit
-def _gemm(x, panels, scale, colsum, n, bias, res, out, mode, chunk):
-    m = x.shape[0]
+def _gemm(x, a, sz, ends, bad, panels, sw, cs, bias, res, out, mode, chunk, groups, edge):
+    """Task = a chunk of rows (quantised by the task into a[task]: its A stays in L2) x a share of the column
+    panels (each panel's B stays in L1 while the chunk's 8-row tiles pass it). Tiles past the last full
+    column panel write into edge[task] (and read their residual from it), copied to out afterwards."""
+    m, n = out.shape
     npan, kq = panels.shape[0], panels.shape[1]
+    kp = 4 * kq
     flat = panels.reshape(-1)
-    tasks = (m + chunk - 1) // chunk
-    for t in prange(tasks):
-        r0 = t * chunk
-        rows = min(chunk, m - r0)
-        nsub = (rows + MR - 1) // MR
-        apack = np.empty(nsub * kq * MR, np.int32)
-        sz = np.empty((rows, 2), np.float64)
-        tile = np.empty(MR * NR, np.int32)
-        _pack_rows(x, r0, rows, kq, apack, sz)
-        for p in range(npan):
-            cols = min(NR, n - p * NR)
-            for s in range(nsub):
-                _tile(apack, s * kq * MR, flat, p * kq * NR, kq, tile)
-                _store(tile, NR, sz[s * MR:], out, res, bias, scale, colsum, r0 + s * MR, p * NR,
-                       min(MR, rows - s * MR), cols, mode)
+    ores, oout = res.reshape(-1), out.reshape(-1)
+    mchunks = (m + chunk - 1) // chunk
+    for task in prange(mchunks * groups):
+        m0 = (task % mchunks) * chunk
+        rows = min(chunk, m - m0)
+        g = task // mchunks
+        at, st = a[task], sz[task]
+        _quantize_task(x, m0, rows, at, kp, st, ends[task], bad, g == 0)
+        for p in range(g * npan // groups, (g + 1) * npan // groups):
+            c0 = p * NR
+            cols = min(NR, n - c0)
+            psw, pcs, pb = sw[c0:c0 + NR], cs[c0:c0 + NR], bias[c0:c0 + NR]
+            for i0 in range(0, rows, MR):
+                tr = min(MR, rows - i0)
+                if cols == NR:
+                    _tile_call(at, i0 * kp, kp, tr, flat, p * kq * NR, kq, st, i0, psw, pcs, pb, ores, oout,
+                               (m0 + i0) * n + c0, n, mode)
+                    continue
+                e = edge[task]
+                if mode == amx.RESIDUAL:
+                    for i in range(tr):
+                        e[i * NR:i * NR + cols] = res[m0 + i0 + i, c0:]
+                _tile_call(at, i0 * kp, kp, tr, flat, p * kq * NR, kq, st, i0, psw, pcs, pb, e, e, 0, NR, mode)
+                for i in range(tr):
+                    out[m0 + i0 + i, c0:] = e[i * NR:i * NR + cols]
 
 
 @pjit
@@ -283,17 +450,52 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
             out[bad.view(np.bool_)] = np.nan
         return out
+    if FAST:
+        a, sz, ends, bad, edge, chunk, groups = _buffers(m, packed)
+        sw, cs = packed.scale, packed.colsum
+        if packed.n % NR:  # the last panel's tiles read (and ignore) whole panels of the per-column values
+            width = packed.panels.shape[0] * NR
+            sw, cs, bias = _padded(sw, width), _padded(cs, width), _padded(bias, width)
+        _gemm(x, a, sz, ends, bad, packed.panels, sw, cs, bias, res, out, mode, chunk, groups, edge)
+        if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
+            out[bad.view(np.bool_)] = np.nan
+        return out
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
         linear(np.where(bad[:, None], np.float32(0), x), packed, bias, gelu=gelu, residual=residual, out=out)
         out[bad] = np.nan
         return out
-    residual = res
-    if FAST:
-        _gemm(x, packed.panels, packed.scale, packed.colsum, packed.n, bias, residual, out, mode,
-              chunk_rows(x.shape[0]))
-        return out
     u, s, z = quantize_rows(x)
     acc = u.astype(np.float64) @ unpack_weight(packed).astype(np.float64).T  # exact: integers below 2^53
     y = (acc - z[:, None] * packed.colsum) * (s[:, None] * packed.scale)
-    return epilogue(y.astype(np.float32), bias, residual, out, mode)
+    return epilogue(y.astype(np.float32), bias, res, out, mode)
+
+
+_local = threading.local()
+
+
+def _buffers(m, packed):
+    """(a, sz, ends, bad, edge, rows per task, column groups) of one AVX-512 call on m rows; the buffers are
+    this thread's, reused by its later calls (nothing is allocated inside the parallel region), and the views of
+    a shape are kept: working them out again cost ~8 us a call, as much as quantising a ViT-S layer's input."""
+    threads = numba.get_num_threads()
+    npan, kq = packed.panels.shape[0], packed.panels.shape[1]
+    key = (m, npan, kq, threads)
+    views = getattr(_local, "views", None)
+    if views is not None and key in views:
+        return views[key]
+    chunk = chunk_rows(m)
+    mchunks = -(-m // chunk)
+    groups = max(1, min(npan, threads // math.gcd(mchunks, threads)))
+    tasks, kp = mchunks * groups, 4 * kq
+    sizes = (tasks * chunk * kp, tasks * chunk * 2, tasks * 16, m, tasks * MR * NR)  # ends: a cache line a task
+    bufs = getattr(_local, "bufs", None) or (None,) * len(sizes)
+    if views is None or len(views) > 64 or any(b is None or b.size < s for b, s in zip(bufs, sizes)):
+        views = _local.views = {}
+    if any(b is None or b.size < s for b, s in zip(bufs, sizes)):  # grown, never shrunk: the layers share them
+        bufs = _local.bufs = tuple(gemm.aligned((s if b is None else max(s, b.size),), t) for b, s, t in
+                                   zip(bufs, sizes, (np.uint8, np.float64, np.float32, np.uint8, np.float32)))
+    a, sz, ends, bad, edge = (b[:s] for b, s in zip(bufs, sizes))
+    views[key] = (a.reshape(tasks, chunk * kp), sz.reshape(tasks, chunk, 2), ends.reshape(tasks, 16), bad,
+                  edge.reshape(tasks, MR * NR), chunk, groups)
+    return views[key]
