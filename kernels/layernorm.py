@@ -6,6 +6,11 @@ from numba import prange
 from ._jit import pjit
 
 
+# up to this many values one thread is faster than a parallel launch (~65 us to wake the pool's threads):
+# one crop of ViT-S 22 against 84 us, ViT-B at 4 crops 147 against 168; 16 crops of ViT-S 321 against 250
+SERIAL_MAX = 1 << 20
+
+
 @pjit
 def _layernorm(x, gamma, beta, eps, out):
     rows, c = x.shape
@@ -32,7 +37,8 @@ def layernorm(x, gamma, beta, eps, out=None):
     elif out.shape != x.shape:
         raise ValueError(f"out has shape {out.shape}, expected {x.shape}")
     _check(out, 2)
-    _layernorm(x, _vec(gamma, x.shape[1]), _vec(beta, x.shape[1]), float(eps), out)
+    run = _layernorm.serial() if x.size <= SERIAL_MAX else _layernorm
+    run(x, _vec(gamma, x.shape[1]), _vec(beta, x.shape[1]), float(eps), out)
     return out
 
 

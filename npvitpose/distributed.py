@@ -90,7 +90,7 @@ def _cache_folder():
     from .kernels import layernorm
 
     try:
-        return layernorm._layernorm._cache._cache_path
+        return layernorm._layernorm.parallel._cache._cache_path
     except AttributeError:  # a Numba without this internal: any per-host folder will do for the lock
         import tempfile
 
