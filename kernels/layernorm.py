@@ -3,30 +3,41 @@
 import numpy as np
 from numba import prange
 
-from ._jit import pjit
+from ._jit import jit, pjit
 
 
 # up to this many values one thread is faster than a parallel launch (~65 us to wake the pool's threads):
-# one crop of ViT-S 22 against 84 us, ViT-B at 4 crops 147 against 168; 16 crops of ViT-S 321 against 250
-SERIAL_MAX = 1 << 20
+# one crop of ViT-S 21 against 68-84 us, of ViT-H 63 against 102; even at 4 crops of ViT-B (590k), 16 of S 377 against 297
+SERIAL_MAX = 1 << 19
+
+
+@jit
+def _normalize(x, gamma, beta, eps, out, r):
+    c = x.shape[1]
+    # float64 accumulation, two passes: small-variance inputs keep their digits (spec 9 trap 3)
+    s = 0.0
+    for j in range(c):
+        s += x[r, j]
+    mean = s / c
+    v = 0.0
+    for j in range(c):
+        d = x[r, j] - mean
+        v += d * d
+    inv = np.sqrt(1.0 / (v / c + eps))  # not 1 / sqrt: reassoc lets LLVM turn `* inv` into a divide per element (1.4x)
+    for j in range(c):
+        out[r, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
 
 
 @pjit
 def _layernorm(x, gamma, beta, eps, out):
-    rows, c = x.shape
-    for r in prange(rows):
-        # float64 accumulation, two passes: small-variance inputs keep their digits (spec 9 trap 3)
-        s = 0.0
-        for j in range(c):
-            s += x[r, j]
-        mean = s / c
-        v = 0.0
-        for j in range(c):
-            d = x[r, j] - mean
-            v += d * d
-        inv = np.sqrt(1.0 / (v / c + eps))  # not 1 / sqrt: reassoc lets LLVM turn `* inv` into a divide per element (1.4x)
-        for j in range(c):
-            out[r, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
+    for r in prange(x.shape[0]):
+        _normalize(x, gamma, beta, eps, out, r)
+
+
+@jit
+def _layernorm_small(x, gamma, beta, eps, out):
+    for r in range(x.shape[0]):
+        _normalize(x, gamma, beta, eps, out, r)
 
 
 def layernorm(x, gamma, beta, eps, out=None):
@@ -37,7 +48,7 @@ def layernorm(x, gamma, beta, eps, out=None):
     elif out.shape != x.shape:
         raise ValueError(f"out has shape {out.shape}, expected {x.shape}")
     _check(out, 2)
-    run = _layernorm.serial() if x.size <= SERIAL_MAX else _layernorm
+    run = _layernorm_small if x.size <= SERIAL_MAX else _layernorm
     run(x, _vec(gamma, x.shape[1]), _vec(beta, x.shape[1]), float(eps), out)
     return out
 

@@ -18,7 +18,7 @@ def rel_err(got, want):
 
 
 # the last shape is past SERIAL_MAX: the parallel build
-@pytest.mark.parametrize("rows,c,eps", [(7, 5, 1e-6), (3 * 192, 768, 1e-6), (33, 1280, 1e-12), (1100, 1000, 1e-6)])
+@pytest.mark.parametrize("rows,c,eps", [(7, 5, 1e-6), (3 * 192, 768, 1e-6), (33, 1280, 1e-12), (600, 1000, 1e-6)])
 def test_layernorm(rows, c, eps):
     x, g, b = f32(rows, c, scale=3.0) + 2.0, f32(c), f32(c)
     assert rel_err(layernorm.layernorm(x, g, b, eps), twins.layernorm(x, g, b, eps)) < 2e-6
