@@ -29,7 +29,7 @@ import llvmlite.binding as llvm
 
 from . import amx, gemm
 from ._jit import jit, pjit
-from .mlp import _INV_SQRT2, _erf, bias_gelu, gelu
+from .mlp import _INV_SQRT2, _erf, bias_gelu
 
 MR, NR = 8, 48  # micro-tile: 8 rows x 48 columns = 24 zmm accumulators, no spills
 
@@ -114,70 +114,6 @@ class _BFloat(ir.Type):
         return hash("bfloat")
 
 
-def _emit_tile(builder, a_ptr, b_ptr, steps, c_ptr, acc_type, lane_type, dot):
-    """Emit: C[8, 48] = sum over `steps` of A[step, 8] (broadcast lanes) x B[step, 48] with `dot`.
-
-    a_ptr, b_ptr: i32* at the start of an 8-row A panel and a 48-column B panel; c_ptr: the scratch tile.
-    """
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-    v16i32 = ir.VectorType(i32, 16)
-    zero = ir.Constant(acc_type, None)
-    entry = builder.block
-    loop = builder.append_basic_block("tile.loop")
-    done = builder.append_basic_block("tile.done")
-    builder.branch(loop)
-    builder.position_at_end(loop)
-    k = builder.phi(i64)
-    k.add_incoming(ir.Constant(i64, 0), entry)
-    accs = [builder.phi(acc_type) for _ in range(MR * NR // 16)]
-    for acc in accs:
-        acc.add_incoming(zero, entry)
-    bvec_ptr = builder.bitcast(builder.gep(b_ptr, [builder.mul(k, ir.Constant(i64, NR))]), v16i32.as_pointer())
-    bs = [builder.bitcast(builder.load(builder.gep(bvec_ptr, [ir.Constant(i64, j)]), align=4), lane_type)
-          for j in range(NR // 16)]
-    arow = builder.gep(a_ptr, [builder.mul(k, ir.Constant(i64, MR))])
-    mask = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-    new = []
-    for r in range(MR):
-        s = builder.load(builder.gep(arow, [ir.Constant(i64, r)]), align=4)
-        v = builder.insert_element(ir.Constant(v16i32, None), s, ir.Constant(i32, 0))
-        a = builder.bitcast(builder.shuffle_vector(v, ir.Constant(v16i32, None), mask), lane_type)
-        for j in range(NR // 16):
-            new.append(builder.call(dot, [accs[r * (NR // 16) + j], a, bs[j]]))
-    k_next = builder.add(k, ir.Constant(i64, 1))
-    k.add_incoming(k_next, loop)
-    for acc, val in zip(accs, new):
-        acc.add_incoming(val, loop)
-    builder.cbranch(builder.icmp_signed("<", k_next, steps), loop, done)
-    builder.position_at_end(done)
-    cvec = builder.bitcast(c_ptr, acc_type.as_pointer())
-    for i, val in enumerate(new):
-        builder.store(val, builder.gep(cvec, [ir.Constant(i64, i)]), align=4)
-
-
-def tile_intrinsic(name, acc_type, lane_type):
-    """A Numba intrinsic tile(a, a_off, b, b_off, steps, c) running `name` on 8 x 48 tiles."""
-
-    @intrinsic
-    def tile(typingctx, a, a_off, b, b_off, steps, c):
-        sig = types.void(a, a_off, b, b_off, steps, c)
-
-        def codegen(context, builder, signature, args):
-            a_arr, a_off_v, b_arr, b_off_v, steps_v, c_arr = args
-            ta, _, tb, _, _, tc = signature.args
-            a_ptr = builder.gep(context.make_array(ta)(context, builder, a_arr).data, [a_off_v])
-            b_ptr = builder.gep(context.make_array(tb)(context, builder, b_arr).data, [b_off_v])
-            c_ptr = context.make_array(tc)(context, builder, c_arr).data
-            fn = ir.Function(builder.module, ir.FunctionType(acc_type, [acc_type, lane_type, lane_type]), name) \
-                if name not in builder.module.globals else builder.module.globals[name]
-            _emit_tile(builder, a_ptr, b_ptr, steps_v, c_ptr, acc_type, lane_type, fn)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return tile
-
-
 # ---- a scalar epilogue on a tile in scratch (AMX blocks of a partial width; gemm_int8 uses gelu_value) ----
 
 @jit
@@ -217,10 +153,40 @@ _v16f, _v16i = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_i32, 16)
 _v32bf = ir.VectorType(_BFloat(), 32)
 
 
-def _function(module, name, ret, args):
-    if name in module.globals:
-        return module.globals[name]
-    return ir.Function(module, ir.FunctionType(ret, args), name)
+def dot_loop(builder, arows, bptr, steps, dot, acc_type, lane_type, name):
+    """Emit the K loop of an MR x NR register tile on int32 lanes (bf16 pairs, 4 int8): per step k, the NR / 16
+    lane vectors of the panel at bptr[k * NR], each row's lane arows[i][k] broadcast, MR * NR / 16 `dot`s into
+    acc_type accumulators. Returns them after the loop (zeros when steps <= 0), row-major, as phis of the exit
+    block, where the builder is left."""
+    zero = ir.Constant(acc_type, None)
+    entry = builder.block
+    loop, done = builder.append_basic_block(f"{name}.loop"), builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed(">", steps, ir.Constant(_i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    k = builder.phi(_i64)
+    accs = [builder.phi(acc_type) for _ in range(MR * NR // 16)]
+    bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, NR))])
+    bs = [builder.bitcast(builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(_i64, 16 * j)]),
+                                                       _v16i.as_pointer()), align=4), lane_type)
+          for j in range(NR // 16)]
+    new = []
+    for i in range(MR):
+        av = builder.bitcast(amx._splat(builder, builder.load(builder.gep(arows[i], [k]), align=4), _v16i), lane_type)
+        new += [builder.call(dot, [accs[i * (NR // 16) + j], av, bs[j]]) for j in range(NR // 16)]
+    k_next = builder.add(k, ir.Constant(_i64, 1))
+    k.add_incoming(ir.Constant(_i64, 0), entry)
+    k.add_incoming(k_next, loop)
+    for acc, val in zip(accs, new):
+        acc.add_incoming(zero, entry)
+        acc.add_incoming(val, loop)
+    builder.cbranch(builder.icmp_signed("<", k_next, steps), loop, done)
+    builder.position_at_end(done)
+    finals = []
+    for val in new:
+        finals.append(builder.phi(acc_type))  # every phi before the first other instruction
+        finals[-1].add_incoming(zero, entry)
+        finals[-1].add_incoming(val, loop)
+    return finals
 
 
 def _fused_tile(mode):
@@ -242,7 +208,7 @@ def _fused_tile(mode):
             def data(i):
                 return context.make_array(ty[i])(context, builder, args[i]).data
 
-            dot = _function(builder.module, "llvm.x86.avx512bf16.dpbf16ps.512", _v16f, [_v16f, _v32bf, _v32bf])
+            dot = amx._declare_typed(builder.module, "llvm.x86.avx512bf16.dpbf16ps.512", _v16f, [_v16f, _v32bf, _v32bf])
             last = builder.sub(rows_v, ir.Constant(_i64, 1))
             arows = []
             for i in range(MR):
@@ -250,45 +216,16 @@ def _fused_tile(mode):
                 arows.append(builder.gep(data(0), [builder.add(a0_v, builder.mul(r, rs_v))]))
             bptr = builder.gep(data(4), [b0_v])
             zero = ir.Constant(_v16f, None)
-            entry = builder.block
-            loop, done = builder.append_basic_block("tile.loop"), builder.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", steps_v, ir.Constant(_i64, 0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(_i64)
-            accs = [builder.phi(_v16f) for _ in range(MR * NR // 16)]
-            bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, NR))])
-            bs = [builder.bitcast(builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(_i64, 16 * j)]),
-                                                               _v16i.as_pointer()), align=4), _v32bf)
-                  for j in range(NR // 16)]
-            splat = ir.Constant(_v16i, None)
-            new = []
-            for i in range(MR):
-                s = builder.load(builder.gep(arows[i], [k]), align=4)
-                v = builder.insert_element(ir.Constant(_v16i, ir.Undefined), s, ir.Constant(_i32, 0))
-                av = builder.bitcast(builder.shuffle_vector(v, ir.Constant(_v16i, ir.Undefined), splat), _v32bf)
-                new += [builder.call(dot, [accs[i * (NR // 16) + j], av, bs[j]]) for j in range(NR // 16)]
-            k_next = builder.add(k, ir.Constant(_i64, 1))
-            k.add_incoming(ir.Constant(_i64, 0), entry)
-            k.add_incoming(k_next, loop)
-            for acc, val in zip(accs, new):
-                acc.add_incoming(zero, entry)
-                acc.add_incoming(val, loop)
-            builder.cbranch(builder.icmp_signed("<", k_next, steps_v), loop, done)
-            builder.position_at_end(done)
-            finals = []
-            for val in new:
-                finals.append(builder.phi(_v16f))
-                finals[-1].add_incoming(zero, entry)
-                finals[-1].add_incoming(val, loop)
+            finals = dot_loop(builder, arows, bptr, steps_v, dot, _v16f, _v32bf, "tile")
             n = builder.extract_value(context.make_array(ty[7])(context, builder, args[7]).shape, 1)
             o_p, e_p, b_p = data(7), data(8), data(9)
             left = builder.sub(n, c0_v)  # columns of this panel that exist
             lane = ir.Constant(_v16i, list(range(16)))
             masks = [builder.icmp_signed("<", lane, amx._splat(builder, builder.trunc(
                 builder.sub(left, ir.Constant(_i64, 16 * j)), _i32), _v16i)) for j in range(NR // 16)]
-            mload = _function(builder.module, "llvm.masked.load.v16f32.p0", _v16f,
+            mload = amx._declare_typed(builder.module, "llvm.masked.load.v16f32.p0", _v16f,
                               [_v16f.as_pointer(), _i32, ir.VectorType(_i1, 16), _v16f])
-            mstore = _function(builder.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+            mstore = amx._declare_typed(builder.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
                                [_v16f, _v16f.as_pointer(), _i32, ir.VectorType(_i1, 16)])
             align = ir.Constant(_i32, 4)
 

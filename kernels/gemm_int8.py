@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 from . import amx, gemm
 from ._jit import jit, pjit
 from .gemm_bf16 import (BC, BR, MR, NR, _prefetch_block, amx_buffers, block_padded, check_call, chunk_rows, cpu_has,
-                        epilogue, gelu_value, lanes_of)
+                        dot_loop, epilogue, gelu_value, lanes_of)
 
 AMX = amx.available(cpu_has, "amx-int8")
 FAST = AMX or cpu_has("avx512vnni")
@@ -153,35 +153,7 @@ def _vnni_tile(mode):
                 arows.append(builder.bitcast(row, i32.as_pointer()))
             bptr = builder.bitcast(builder.gep(b_p, [b0_v]), i32.as_pointer())
             dot = amx._declare_typed(builder.module, "llvm.x86.avx512.vpdpbusd.512", _v16i, [_v16i, _v64b, _v64b])
-            zero = ir.Constant(_v16i, None)
-            entry = builder.block
-            loop, done = builder.append_basic_block("vnni.loop"), builder.append_basic_block("vnni.done")
-            builder.cbranch(builder.icmp_signed(">", steps_v, ir.Constant(i64, 0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(i64)
-            accs = [builder.phi(_v16i) for _ in range(MR * NR // 16)]
-            bk = builder.mul(k, ir.Constant(i64, NR))
-            bs = [builder.bitcast(builder.load(amx._vector_at(builder, bptr, builder.add(bk, ir.Constant(i64, 16 * j)),
-                                                              _v16i), align=4), _v64b) for j in range(NR // 16)]
-            new = []
-            for i in range(MR):
-                lane = builder.load(builder.gep(arows[i], [k]), align=4)
-                av = builder.bitcast(amx._splat(builder, lane, _v16i), _v64b)
-                for j in range(NR // 16):
-                    new.append(builder.call(dot, [accs[i * (NR // 16) + j], av, bs[j]]))
-            k_next = builder.add(k, ir.Constant(i64, 1))
-            k.add_incoming(ir.Constant(i64, 0), entry)
-            k.add_incoming(k_next, loop)
-            for acc, val in zip(accs, new):
-                acc.add_incoming(zero, entry)
-                acc.add_incoming(val, loop)
-            builder.cbranch(builder.icmp_signed("<", k_next, steps_v), loop, done)
-            builder.position_at_end(done)
-            finals = []
-            for val in new:
-                finals.append(builder.phi(_v16i))  # every phi first
-                finals[-1].add_incoming(zero, entry)
-                finals[-1].add_incoming(val, loop)
+            finals = dot_loop(builder, arows, bptr, steps_v, dot, _v16i, _v64b, "vnni")
             sw8 = [builder.fptrunc(builder.load(amx._vector_at(builder, sw_p, ir.Constant(i64, 8 * j), amx._v8d), align=8),
                                    amx._v8f) for j in range(NR // 8)]
             sw_v = [amx._join(builder, sw8[2 * j], sw8[2 * j + 1]) for j in range(NR // 16)]

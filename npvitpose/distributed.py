@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import uuid
 

@@ -593,8 +593,6 @@ def _check_video(tmp, target, frames):
                              "back (is the disk full?)")
 
 
-def process(runner, boxes, path, vis_target=None):
-    """The records of one input (an image or a video); raises NpvitposeError/OSError if it fails."""
 def process(runner, boxes, path, vis_target=None, sink=None):
     """The records of one input (an image or a video); raises NpvitposeError/OSError if it fails.
 

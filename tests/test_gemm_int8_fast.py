@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import twins
+from test_gemm_lowp import case, rel
 from npvitpose.kernels import gemm_int8
 
 pytestmark = pytest.mark.skipif(not gemm_int8.FAST, reason="no AVX512-VNNI on this CPU")
@@ -13,17 +14,6 @@ pytestmark = pytest.mark.skipif(not gemm_int8.FAST, reason="no AVX512-VNNI on th
 @pytest.fixture(autouse=True)
 def avx512(monkeypatch):
     monkeypatch.setattr(gemm_int8, "AMX", False)
-
-
-def case(m, k, n, seed):
-    r = np.random.default_rng(seed)
-    x = r.standard_normal((m, k)).astype(np.float32)
-    w = (r.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
-    return x, w, r.standard_normal(n).astype(np.float32), r.standard_normal((m, n)).astype(np.float32)
-
-
-def rel(a, b):
-    return np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30)
 
 
 def quantised(x, n=48):
