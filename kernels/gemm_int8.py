@@ -231,6 +231,15 @@ def _quantize64(typingctx, x, off, inv, zp, a, a_off):
 
 
 @jit
+def _scale_zero(lo, hi):
+    """A row's scale and zero point: its range [lo, hi] (both bound 0) mapped onto 0..255."""
+    s = (hi - lo) / 255.0
+    if not s > 0.0 or s == np.inf:  # an all-zero row
+        s = 1.0
+    return s, np.rint(-lo / s)
+
+
+@jit
 def _quantize_task(x, m0, rows, a, kp, sz, ends, bad, mark):
     """Rows m0.. of x -> a (row i at i * kp: u8, zero padded to kp), sz[i] = (scale, zero point); a row with NaN
     or inf is packed as zeros and, where `mark`, flagged in bad[m0 + i]. Whole 64-input runs through
@@ -253,10 +262,7 @@ def _quantize_task(x, m0, rows, a, kp, sz, ends, bad, mark):
             sz[i, 0], sz[i, 1] = 1.0, 0.0
             a[i * kp:(i + 1) * kp] = 0
             continue
-        s = (hi - lo) / 255.0
-        if not s > 0.0 or s == np.inf:  # an all-zero row
-            s = 1.0
-        zp = np.rint(-lo / s)
+        s, zp = _scale_zero(lo, hi)
         sz[i, 0], sz[i, 1] = s, zp
         inv = 1.0 / s
         for t in range(full // amx.DEPTH):
@@ -339,10 +345,7 @@ def _pack_amx(x, a, steps, sz, bad):
                 a[base + t * amx.TILE:base + t * amx.TILE + amx.DEPTH] = 0
             continue
         bad[r] = 0
-        s = (hi_v - lo_v) / 255.0
-        if not s > 0.0 or s == np.inf:  # an all-zero row
-            s = 1.0
-        zp = np.rint(-lo_v / s)
+        s, zp = _scale_zero(lo_v, hi_v)
         sz[r, 0], sz[r, 1] = s, zp
         inv = 1.0 / s
         for t in range(full // amx.DEPTH):
