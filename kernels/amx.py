@@ -253,6 +253,37 @@ def _gelu_f32(builder, x):
     return builder.select(builder.fcmp_ordered("==", x, const(-np.inf)), const(0.0), g)
 
 
+@intrinsic
+def gelu_rows(typingctx, out, o0, stride, rows, cols):
+    """out.flat[o0 + r * stride + j] = GELU(itself) in float32 (_gelu_f32), r < rows, j < cols <= 48: the bf16/int8
+    tiles' GELU, a pass over their freshly stored rows, three vectors a loop step. The 24 vectors' GELU inside the
+    tile cost twice as much on Zen 4 (int8 ViT-B fc1 at 16 crops: 6.0 against 3.0 ms over the bias-only tile)."""
+    def codegen(context, builder, signature, args):
+        o_p = _data(context, builder, signature.args[0], args[0])
+        o0_v, stride_v, rows_v, cols_v = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                          for i in range(1, 5))
+        lane = ir.Constant(_v16i, list(range(16)))
+        masks = [builder.icmp_signed("<", lane, _splat(builder, builder.trunc(
+            builder.sub(cols_v, ir.Constant(_i64, 16 * j)), _i32), _v16i)) for j in range(3)]
+        mload = _declare_typed(builder.module, "llvm.masked.load.v16f32.p0", _v16f,
+                               [_v16f.as_pointer(), _i32, ir.VectorType(ir.IntType(1), 16), _v16f])
+        mstore = _declare_typed(builder.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                                [_v16f, _v16f.as_pointer(), _i32, ir.VectorType(ir.IntType(1), 16)])
+        align, zero = ir.Constant(_i32, 4), ir.Constant(_v16f, None)
+
+        def body(r):
+            base = builder.add(o0_v, builder.mul(r, stride_v))
+            ptrs = [_vector_at(builder, o_p, builder.add(base, ir.Constant(_i64, 16 * j)), _v16f) for j in range(3)]
+            ys = [_gelu_f32(builder, builder.call(mload, [q, align, m, zero])) for q, m in zip(ptrs, masks)]
+            for y, q, m in zip(ys, ptrs, masks):
+                builder.call(mstore, [y, q, align, m])
+
+        _range_loop(builder, ir.Constant(_i64, 0), rows_v, body)
+        return context.get_dummy_value()
+
+    return types.void(out, o0, stride, rows, cols), codegen
+
+
 def rows_f32(mode):
     """The row emitter of epilogue_f32(mode): (context, builder, arg types, arg values) -> (body(r), rows)."""
     def emit(context, builder, tys, vals):

@@ -240,29 +240,17 @@ def _fused_tile(mode):
                 for j in range(NR // 16):
                     o = builder.add(base, ir.Constant(_i64, 16 * j))
                     y = builder.fadd(finals[i * (NR // 16) + j], bias_v[j])
-                    if mode == amx.GELU:
-                        y = amx._gelu_f32(builder, y)
-                    elif mode == amx.RESIDUAL:
+                    if mode == amx.RESIDUAL:
                         y = builder.fadd(builder.call(mload, [at(e_p, o), align, masks[j], zero]), y)
                     builder.call(mstore, [y, at(o_p, o), align, masks[j]])
 
-            # a whole tile in one block (the GELU of its 24 vectors interleaves), else row by row
-            full, part, end = (builder.append_basic_block(f"tile.{s}") for s in ("full", "part", "end"))
-            builder.cbranch(builder.icmp_signed("==", rows_v, ir.Constant(_i64, MR)), full, part)
-            builder.position_at_end(full)
-            for i in range(MR):
-                emit_row(i)
-            builder.branch(end)
-            builder.position_at_end(part)
-            for i in range(MR):
+            for i in range(MR):  # rows i < rows only
                 row, after = builder.append_basic_block(f"tile.row{i}"), builder.append_basic_block(f"tile.after{i}")
                 builder.cbranch(builder.icmp_signed("<", ir.Constant(_i64, i), rows_v), row, after)
                 builder.position_at_end(row)
                 emit_row(i)
                 builder.branch(after)
                 builder.position_at_end(after)
-            builder.branch(end)
-            builder.position_at_end(end)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -270,7 +258,7 @@ def _fused_tile(mode):
     return tile
 
 
-_tile_bias, _tile_gelu, _tile_residual = (_fused_tile(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
+_tile_bias, _tile_residual = _fused_tile(amx.BIAS), _fused_tile(amx.RESIDUAL)  # GELU: amx.gelu_rows after the bias tile
 
 
 @jit
@@ -291,6 +279,7 @@ def _round_rows(xu, m0, rows, a16, lanes):
 @pjit
 def _gemm(xu, m, panels, bias, res, out, mode, mc, groups, a, a16):
     npan, steps = panels.shape[0], panels.shape[1]
+    n = out.shape[1]
     flat = panels.reshape(-1)
     chunks = (m + mc - 1) // mc
     for task in prange(chunks * groups):  # a chunk of rows x a range of panels
@@ -305,7 +294,8 @@ def _gemm(xu, m, panels, bias, res, out, mode, mc, groups, a, a16):
                 if mode == 0:
                     _tile_bias(at, i0 * steps, steps, r, flat, p * steps * NR, steps, out, res, bias, m0 + i0, p * NR)
                 elif mode == 1:
-                    _tile_gelu(at, i0 * steps, steps, r, flat, p * steps * NR, steps, out, res, bias, m0 + i0, p * NR)
+                    _tile_bias(at, i0 * steps, steps, r, flat, p * steps * NR, steps, out, res, bias, m0 + i0, p * NR)
+                    amx.gelu_rows(out, (m0 + i0) * n + p * NR, n, r, min(NR, n - p * NR))
                 else:
                     _tile_residual(at, i0 * steps, steps, r, flat, p * steps * NR, steps, out, res, bias, m0 + i0,
                                    p * NR)

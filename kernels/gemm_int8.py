@@ -161,7 +161,7 @@ def _vnni_tile(mode):
                     for j in range(NR // 16)]
             bias_v = [builder.load(amx._vector_at(builder, bias_p, ir.Constant(i64, 16 * j), _v16f), align=4)
                       for j in range(NR // 16)]
-            ys = []  # every row's values first, in one block: the GELU's 24 polynomial chains overlap
+            ys = []
             for i in range(MR):
                 ri = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), rows_v), ir.Constant(i64, i), last)
                 at = builder.mul(builder.add(s0_v, ri), ir.Constant(i64, 2))
@@ -171,8 +171,7 @@ def _vnni_tile(mode):
                 for j in range(NR // 16):
                     # |acc - z * colsum| <= 2 * 255 * 127 * K: exact in int32 for K up to 33000
                     d = builder.sitofp(builder.sub(finals[i * (NR // 16) + j], builder.mul(z_v, cs_v[j])), _v16f)
-                    y = builder.fadd(builder.fmul(d, builder.fmul(s_v, sw_v[j])), bias_v[j])
-                    ys.append(amx._gelu_f32(builder, y) if mode == amx.GELU else y)
+                    ys.append(builder.fadd(builder.fmul(d, builder.fmul(s_v, sw_v[j])), bias_v[j]))
             for i in range(MR):
                 with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, i), rows_v), likely=True):
                     row = builder.add(o0_v, builder.mul(ir.Constant(i64, i), ostride_v))
@@ -189,7 +188,7 @@ def _vnni_tile(mode):
     return tile
 
 
-_vnni_bias, _vnni_gelu, _vnni_residual = (_vnni_tile(mode) for mode in (amx.BIAS, amx.GELU, amx.RESIDUAL))
+_vnni_bias, _vnni_residual = _vnni_tile(amx.BIAS), _vnni_tile(amx.RESIDUAL)  # GELU: amx.gelu_rows after the bias tile
 
 
 @intrinsic
@@ -276,7 +275,8 @@ def _tile_call(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0
     if mode == amx.BIAS:
         _vnni_bias(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride)
     elif mode == amx.GELU:
-        _vnni_gelu(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride)
+        _vnni_bias(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride)
+        amx.gelu_rows(out, o0, ostride, rows, NR)
     else:
         _vnni_residual(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0, ostride)
 
