@@ -21,7 +21,7 @@ from . import model as model_mod
 from . import threads
 from .errors import NpvitposeError
 from .messages import Progress, isatty, note
-from .kernels import gemm
+from .kernels import gemm, gemm_bf16, gemm_int8
 from .kernels._jit import pjit
 from .model import kernel_name
 
@@ -29,70 +29,123 @@ from .model import kernel_name
 _KERNELS = ("embed", "layernorm", "attention", "deconv4x4s2", "upsample4", "upsample4_conv3x3")
 
 
-_CHAINS = 16  # independent FMA chains: more than FMA latency x ports on any current core
+_CHAINS = 16  # independent chains: more than the instruction's latency x ports on any current core
 
 
-@intrinsic
-def _fma_chains(typingctx, steps):
-    """Run _CHAINS independent <W x float> multiply-add chains for `steps` steps; returns one lane."""
-    sig = nbtypes.float32(steps)
+def _chains_intrinsic(kind):
+    """An intrinsic run(steps) -> float32: _CHAINS independent chains of the instruction `kind`'s linear layers
+    run on this CPU ("fp32": a <W x float> multiply-add; "bf16": vdpbf16ps; "int8": vpdpbusd), `steps` each."""
+    @intrinsic
+    def run(typingctx, steps):
+        sig = nbtypes.float32(steps)
 
-    def codegen(context, builder, signature, args):
-        width = max(gemm.W, 4)
-        i64, vec = ir.IntType(64), ir.VectorType(ir.FloatType(), width)
-        n = context.cast(builder, args[0], signature.args[0], nbtypes.int64)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.v{width}f32")
-        mul, add = (ir.Constant(vec, [ir.Constant(ir.FloatType(), c)] * width) for c in (0.999999, 1e-7))
-        entry = builder.block
-        loop, done = builder.append_basic_block("probe.loop"), builder.append_basic_block("probe.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        i = builder.phi(i64)
-        accs = [builder.phi(vec) for _ in range(_CHAINS)]
-        new = [builder.call(fma, [a, mul, add]) for a in accs]
-        i_next = builder.add(i, ir.Constant(i64, 1))
-        i.add_incoming(ir.Constant(i64, 0), entry)
-        i.add_incoming(i_next, loop)
-        for c, (a, b) in enumerate(zip(accs, new)):
-            a.add_incoming(ir.Constant(vec, [ir.Constant(ir.FloatType(), 1.0 + c)] * width), entry)
-            a.add_incoming(b, loop)
-        builder.cbranch(builder.icmp_signed("<", i_next, n), loop, done)
-        builder.position_at_end(done)
-        total = new[0]
-        for b in new[1:]:
-            total = builder.fadd(total, b)
-        return builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+        def codegen(context, builder, signature, args):
+            i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+            n = context.cast(builder, args[0], signature.args[0], nbtypes.int64)
+            if kind == "fp32":
+                width = max(gemm.W, 4)
+                acc = vec = ir.VectorType(f32, width)
+                op = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                                    f"llvm.fmuladd.v{width}f32")
+                a, b = (ir.Constant(vec, [ir.Constant(f32, c)] * width) for c in (0.999999, 1e-7))
+                step = lambda x: builder.call(op, [x, a, b])  # noqa: E731
+                start = [ir.Constant(acc, [ir.Constant(f32, 1.0 + c)] * width) for c in range(_CHAINS)]
+            else:
+                acc = ir.VectorType(f32 if kind == "bf16" else i32, 16)
+                lanes = ir.VectorType(gemm_bf16._BFloat(), 32) if kind == "bf16" else ir.VectorType(ir.IntType(8), 64)
+                name = "llvm.x86.avx512bf16.dpbf16ps.512" if kind == "bf16" else "llvm.x86.avx512.vpdpbusd.512"
+                op = cgutils.get_or_insert_function(builder.module, ir.FunctionType(acc, [acc, lanes, lanes]), name)
+                one = builder.bitcast(ir.Constant(ir.VectorType(i32, 16), [0x3F803F80 if kind == "bf16" else 0x01010101]
+                                                  * 16), lanes)  # bf16 pairs of 1.0 / int8 ones
+                step = lambda x: builder.call(op, [x, one, one])  # noqa: E731
+                start = [ir.Constant(acc, [(1.0 + c) if kind == "bf16" else c] * 16) for c in range(_CHAINS)]
+            entry = builder.block
+            loop, done = builder.append_basic_block("probe.loop"), builder.append_basic_block("probe.done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            i = builder.phi(i64)
+            accs = [builder.phi(acc) for _ in range(_CHAINS)]
+            new = [step(x) for x in accs]
+            i_next = builder.add(i, ir.Constant(i64, 1))
+            i.add_incoming(ir.Constant(i64, 0), entry)
+            i.add_incoming(i_next, loop)
+            for x, y, s0 in zip(accs, new, start):
+                x.add_incoming(s0, entry)
+                x.add_incoming(y, loop)
+            builder.cbranch(builder.icmp_signed("<", i_next, n), loop, done)
+            builder.position_at_end(done)
+            total = new[0]
+            for y in new[1:]:
+                total = builder.fadd(total, y) if kind != "int8" else builder.add(total, y)
+            lane0 = builder.extract_element(total, ir.Constant(i32, 0))
+            return lane0 if kind != "int8" else builder.sitofp(lane0, f32)
 
-    return sig, codegen
+        return sig, codegen
+
+    return run
+
+
+_chains_fp32, _chains_bf16, _chains_int8 = (_chains_intrinsic(kind) for kind in ("fp32", "bf16", "int8"))
 
 
 @pjit
-def _fma_probe(steps, out):
+def _probe_fp32(steps, out):
     for t in prange(out.size):
-        out[t] = _fma_chains(steps)
+        out[t] = _chains_fp32(steps)
+
+
+@pjit
+def _probe_bf16(steps, out):
+    for t in prange(out.size):
+        out[t] = _chains_bf16(steps)
+
+
+@pjit
+def _probe_int8(steps, out):
+    for t in prange(out.size):
+        out[t] = _chains_int8(steps)
+
+
+# operations per chain step: a W-lane multiply-add is 2 a lane; vdpbf16ps adds 2 products a lane, vpdpbusd 4
+_PROBES = {"fp32": (_probe_fp32, 2 * max(gemm.W, 4)), "bf16": (_probe_bf16, 64), "int8": (_probe_int8, 128)}
+
+
+def ceiling_kind(precision):
+    """The instruction whose rate bounds this precision's linear layers here, if the probe can measure it:
+    "fp32" (vector FMA), "bf16" (vdpbf16ps), "int8" (vpdpbusd); None where they run elsewhere (AMX tiles, the
+    BLAS fallback). Only an instruction this CPU has is ever compiled."""
+    if precision == "fp32":
+        return "fp32"
+    module = {"bf16": gemm_bf16, "int8": gemm_int8}[precision]
+    return precision if module.FAST and not module.AMX else None
+
+
+def ceiling(precision="fp32", seconds=0.3):
+    """This machine's measured rate (operations/s) of the instruction behind `precision`'s linear layers, on all
+    the threads in force: the best of a few bursts of independent chains, each about `seconds` long; None where
+    ceiling_kind is None."""
+    kind = ceiling_kind(precision)
+    if kind is None:
+        return None
+    probe, per_step = _PROBES[kind]
+    out = np.empty(threads.get_threads(), np.float32)
+    probe(1000, out)
+    steps, best, bursts = 1 << 16, 0.0, 0
+    while bursts < 5:  # steps doubled up to a quarter of `seconds` a burst, then the best of five such bursts
+        t = time.perf_counter()
+        probe(steps, out)
+        dt = time.perf_counter() - t
+        best = max(best, per_step * _CHAINS * steps * out.size / dt)
+        if dt < seconds / 4:
+            steps *= 2
+        else:
+            bursts += 1
+    return best
 
 
 def fp32_ceiling(seconds=0.3):
-    """This machine's measured fp32 FMA rate (FLOP/s) on all the threads in force: the best of a few
-    bursts of independent vector FMAs, each about `seconds` long."""
-    width = max(gemm.W, 4)
-    out = np.empty(threads.get_threads(), np.float32)
-    _fma_probe(1000, out)
-    steps, best = 1 << 16, 0.0
-    for _ in range(40):
-        t = time.perf_counter()
-        _fma_probe(steps, out)
-        dt = time.perf_counter() - t
-        best = max(best, 2.0 * width * _CHAINS * steps * out.size / dt)
-        if dt < seconds / 4:
-            steps *= 2
-        elif dt > seconds / 2:
-            break
-    for _ in range(4):
-        t = time.perf_counter()
-        _fma_probe(steps, out)
-        best = max(best, 2.0 * width * _CHAINS * steps * out.size / (time.perf_counter() - t))
-    return best
+    """This machine's measured fp32 FMA rate (FLOP/s) on all the threads in force (see `ceiling`)."""
+    return ceiling("fp32", seconds)
 
 
 def build(variant="vitpose-b", head="classic", num_keypoints=17, seed=0, precision="fp32"):
@@ -320,19 +373,21 @@ def main(args):
          f"{forward_flops(cfg) / 1e9:.1f} GFLOP/crop; " + ", ".join(f"{p}: {kernel_name(p)}" for p in models))
     _row(f"fp32 linear layers: {kernel_info()}; BLAS: {blas_info()}")
     _row(f"{'threads':>7} {'batch':>5} {'precision':>9} {'ms/crop':>9} {'crops/s':>8} {'GEMM roofline ms/crop':>22}"
-         f" {'of roofline':>11} {'fp32 ceiling GFLOP/s':>21} {'of ceiling':>10}")
+         f" {'of roofline':>11} {'ceiling GOP/s':>14} {'of ceiling':>10}")
     for n in counts:
         threads.set_threads(n)
-        peak = fp32_ceiling()
+        peaks = {p: ceiling(p) for p in models}  # each precision's own instruction (fp32 FMA, vdpbf16ps, vpdpbusd)
         for batch in args.batch:
             with _stage(f"{_threads(n)}, batch {batch}", (args.repeats + 1) * len(models),
                         models.values()):
                 roof = gemm_roofline(model, batch)
                 measured = {p: time_forward(m, batch, args.repeats)[0] for p, m in models.items()}
             for p, med in measured.items():
+                peak = peaks[p]
                 _row(f"{n:>7} {batch:>5} {p:>9} {1e3 * med / batch:>9.1f} {batch / med:>8.2f}"
-                     f" {1e3 * roof / batch:>22.1f} {roof / med:>10.0%} {peak / 1e9:>21.0f}"
-                     f" {forward_flops(cfg, batch) / med / peak:>9.0%}")
+                     f" {1e3 * roof / batch:>22.1f} {roof / med:>10.0%}"
+                     + (f" {peak / 1e9:>14.0f} {forward_flops(cfg, batch) / med / peak:>9.0%}" if peak else
+                        f" {'-':>14} {'-':>10}"))
     if args.profile:
         batch, repeats = args.batch[-1], 3
         with _stage(f"profile, batch {batch}, {_threads(threads.get_threads())}", repeats + 1, [model]):

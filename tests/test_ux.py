@@ -276,7 +276,7 @@ def test_bench_says_what_it_is_doing_and_quiet_silences_it(capsys, monkeypatch):
     tiny = Config(dim=64, depth=1, heads=2, mlp_hidden=128, num_keypoints=17, head="classic", ln_eps=1e-6)
     monkeypatch.setattr(bench, "build", lambda *a, precision="fp32", **k: from_weights(
         random_weights(tiny, seed=0), tiny_meta(tiny), precision))
-    monkeypatch.setattr(bench, "fp32_ceiling", lambda: 1e11)
+    monkeypatch.setattr(bench, "ceiling", lambda precision="fp32", seconds=0.3: 1e11)
     monkeypatch.setattr(messages, "PERIOD", 0.0)  # every forward is "a while" after the last line
     argv = ["bench", "--model", "vitpose-s", "--batch", "1", "2", "--threads", "1", "--repeats", "2", "--profile"]
     code, out, err = run(capsys, *argv)
@@ -294,6 +294,26 @@ def test_bench_says_what_it_is_doing_and_quiet_silences_it(capsys, monkeypatch):
     assert [r[:3] for r in rows] == [["1", "1", "fp32"], ["1", "2", "fp32"]] and "where one forward" in out
     code, out_q, err_q = run(capsys, *argv, "-q")
     assert code == 0 and err_q == "" and out_q.count("\n") == out.count("\n")
+
+
+def test_bench_ceilings_probe_only_the_instructions_the_linear_layers_run_here(monkeypatch):
+    import math
+
+    import npvitpose.bench as bench
+    from npvitpose.kernels import gemm_bf16, gemm_int8
+
+    for precision, module in (("bf16", gemm_bf16), ("int8", gemm_int8)):
+        assert bench.ceiling_kind(precision) == (precision if module.FAST and not module.AMX else None)
+        rate = bench.ceiling(precision, seconds=0.02)
+        assert (rate is None) == (bench.ceiling_kind(precision) is None)
+        assert rate is None or (math.isfinite(rate) and rate > 0)
+        with monkeypatch.context() as m:  # a CPU without the instruction: nothing compiled, no figure
+            m.setattr(module, "FAST", False)
+            assert bench.ceiling_kind(precision) is None and bench.ceiling(precision) is None
+        with monkeypatch.context() as m:  # AMX tiles run the layers there: the vector probe would not bound them
+            m.setattr(module, "AMX", True)
+            assert bench.ceiling_kind(precision) is None
+    assert bench.ceiling_kind("fp32") == "fp32" and bench.fp32_ceiling(seconds=0.02) > 0
 
 
 def test_detector_boxes_too_small_to_crop_are_dropped_not_fatal():

@@ -127,9 +127,10 @@ def worker(args):
             total, rows = profile(model, int(cmd[1]))
             out = {"seconds": total, "rows": rows}
         elif cmd[0] == "info":
-            from npvitpose.bench import blas_info, fp32_ceiling, kernel_info
+            from npvitpose.bench import blas_info, ceiling, kernel_info
 
-            out = {"blas": blas_info(), "kernel": kernel_info(), "ceiling_flops": fp32_ceiling()}
+            out = {"blas": blas_info(), "kernel": kernel_info(),
+                   "ceilings": {p: ceiling(p) for p in ("fp32", "bf16", "int8")}}  # None: not this CPU's path
         elif cmd[0] == "roofline":
             from npvitpose.bench import gemm_roofline
 
@@ -211,18 +212,20 @@ def bench_variant(variant, head, batches, repeats, threads, workdir, engines):
     for engine in engines:
         result["rss_mb"][engine] = peak_rss(engine, folder, variant, head, threads)
     workers = {e: Worker(e, folder, variant, head, threads) for e in engines}
-    ceilings = []
+    ceilings = {}
     samples = {(e, b): [] for e in engines for b in batches}
     roof = {b: [] for b in batches}
     for _ in range(repeats):
         info = workers["npvitpose"].ask("info")  # the FMA probe runs between rounds, as loaded as the forwards
-        ceilings.append(info.pop("ceiling_flops"))
+        for p, c in info.pop("ceilings").items():
+            ceilings.setdefault(p, []).append(c)
         result.update(info)
         for b in batches:
             for e in engines:
                 samples[e, b].append(1e3 * workers[e].ask(f"forward {b}")["seconds"] / b)
             roof[b].append(1e3 * workers["npvitpose"].ask(f"roofline {b}")["seconds"] / b)
-    result["fp32_ceiling_gflops"] = max(ceilings) / 1e9
+    result["fp32_ceiling_gflops"] = max(ceilings["fp32"]) / 1e9
+    result["ceiling_gops"] = {p: None if None in c else max(c) / 1e9 for p, c in ceilings.items()}
     if "npvitpose" in workers:
         result["profile"] = {str(b): workers["npvitpose"].ask(f"profile {b}") for b in (batches[0], batches[-1])}
     for w in workers.values():
@@ -256,12 +259,17 @@ def markdown(results, start, scale):
     engines = [e for e in _LABELS if any(e in row for r in results for row in r["per_crop_ms"].values())]
     ours = [e for e in engines if e.startswith("npvitpose")]
     head = [f"{_LABELS[e]} ms/crop" for e in engines] + [f"{_LABELS[e]} vs ORT" for e in ours if "onnxruntime" in engines]
-    head += ["fp32 of ceiling", "ORT of ceiling", "BLAS-only GEMM roofline ms/crop"]
+    # a low precision's share is of its own instruction's ceiling (vdpbf16ps, vpdpbusd), where the probe measured it
+    lowp = [(e, e.split("-")[1]) for e in ours if e != "npvitpose"
+            and any((r.get("ceiling_gops") or {}).get(e.split("-")[1]) for r in results)]
+    head += ["fp32 of ceiling"] + [f"{p} of {p} ceiling" for _, p in lowp] + ["ORT of fp32 ceiling",
+                                                                              "BLAS-only GEMM roofline ms/crop"]
     lines = []
     for r in results:
-        lines.append(f"- {r['variant']} {r['head']}: {r['gflop_per_crop']:.1f} GFLOP/crop; measured fp32 ceiling "
-                     f"{r['fp32_ceiling_gflops']:.0f} GFLOP/s on {r['threads']} threads; linear layers: {r['kernel']}; "
-                     f"BLAS: {r['blas']}")
+        measured = ", ".join(f"{p} {g:.0f}" for p, g in (r.get("ceiling_gops") or {}).items() if g)
+        lines.append(f"- {r['variant']} {r['head']}: {r['gflop_per_crop']:.1f} GFLOP/crop; measured ceilings on "
+                     f"{r['threads']} threads (GOP/s): {measured or 'fp32 ' + format(r['fp32_ceiling_gflops'], '.0f')}; "
+                     f"linear layers: {r['kernel']}; BLAS: {r['blas']}")
     lines += ["", "| model | batch | " + " | ".join(head) + " |", "|---" * (2 + len(head)) + "|"]
     nan = (float("nan"),) * 3
     for r in results:
@@ -271,8 +279,11 @@ def markdown(results, start, scale):
             ratio = r.get("vs_ort", {}).get(b, {})
             cells += [f"{ratio[e][0]:.2f}x ({ratio[e][1]:.2f}-{ratio[e][2]:.2f})" if e in ratio else "-"
                       for e in ours if "onnxruntime" in engines]
-            share = [r["gflop_per_crop"] / (row.get(e, nan)[0] * 1e-3) / peak for e in ("npvitpose", "onnxruntime")]
-            cells += [f"{x:.0%}" for x in share] + [f"{row.get('gemm_roofline', nan)[0]:.1f}"]
+            def share(e, gops):
+                return f"{r['gflop_per_crop'] / (row[e][0] * 1e-3) / gops:.0%}" if e in row and gops else "-"
+
+            cells += [share("npvitpose", peak)] + [share(e, (r.get("ceiling_gops") or {}).get(p)) for e, p in lowp]
+            cells += [share("onnxruntime", peak), f"{row.get('gemm_roofline', nan)[0]:.1f}"]
             lines.append(f"| {r['variant']} {r['head']} | {b} | " + " | ".join(cells) + " |")
     lines += ["", "| model | " + " | ".join(f"peak RSS, batch 1, {_LABELS[e]} (MB)" for e in engines) + " |",
               "|---" * (1 + len(engines)) + "|"]
