@@ -215,15 +215,17 @@ def bench_variant(variant, head, batches, repeats, threads, workdir, engines):
     ceilings = {}
     samples = {(e, b): [] for e in engines for b in batches}
     roof = {b: [] for b in batches}
+    # any npvitpose worker runs the probes and the roofline (both fp32 and NumPy: its precision does not matter)
+    ours = workers[next(e for e in engines if e.startswith("npvitpose"))]
     for _ in range(repeats):
-        info = workers["npvitpose"].ask("info")  # the FMA probe runs between rounds, as loaded as the forwards
+        info = ours.ask("info")  # the probes run between rounds, as loaded as the forwards
         for p, c in info.pop("ceilings").items():
             ceilings.setdefault(p, []).append(c)
         result.update(info)
         for b in batches:
             for e in engines:
                 samples[e, b].append(1e3 * workers[e].ask(f"forward {b}")["seconds"] / b)
-            roof[b].append(1e3 * workers["npvitpose"].ask(f"roofline {b}")["seconds"] / b)
+            roof[b].append(1e3 * ours.ask(f"roofline {b}")["seconds"] / b)
     result["fp32_ceiling_gflops"] = max(ceilings["fp32"]) / 1e9
     result["ceiling_gops"] = {p: None if None in c else max(c) / 1e9 for p, c in ceilings.items()}
     if "npvitpose" in workers:
@@ -357,6 +359,8 @@ def main(argv=None):
         return prepare(args.variant, args.head, args.folder)
     import inspect
 
+    if not any(e.startswith("npvitpose") for e in args.engines):
+        p.error("--engines: name at least one npvitpose engine (it runs the ceiling probes and the roofline)")
     if any("-" in e for e in args.engines) and "precision" not in inspect.signature(npvitpose.load).parameters:
         p.error("this npvitpose has no precision= yet: drop npvitpose-bf16 / npvitpose-int8 from --engines")
     results = []
