@@ -2,9 +2,11 @@
 
 The contract every precision module (gemm.py, gemm_bf16.py, gemm_int8.py) follows:
     pack_weight(w) -> packed    w (N, K) float32, the checkpoint's (out_features, in_features); once, at load
-    linear(x, packed, bias=None, *, gelu=False, residual=None, out=None) -> (M, N) float32
-        x (M, K) float32 C-contiguous; gelu: exact GELU after the bias; residual: out = residual + (x @ w.T + bias),
-        where residual may be `out` itself (in-place accumulation into the residual stream).
+    linear(x, packed, bias=None, *, norm=None, gelu=False, residual=None, out=None) -> (M, N) float32
+        x (M, K) float32 C-contiguous; norm: (gamma, beta, eps), the layer norm applied to x's rows first (fused: each
+        task normalises its own rows into its packed copy, kernels/layernorm.py's arithmetic); gelu: exact GELU after
+        the bias; residual: out = residual + (x @ w.T + bias), where residual may be `out` itself (in-place
+        accumulation into the residual stream).
 
 Where the CPU has wide vectors (kernels/cpu.py), the weight is packed at load into panels of NR output
 columns, k-major ([N/NR, K, NR]); x is read in place (copying it into k-major row tiles first was never faster,
@@ -26,7 +28,7 @@ from numba.extending import intrinsic
 
 from . import cpu
 from ._jit import jit, pjit
-from .layernorm import _check, _vec
+from .layernorm import _check, _normalize, _vec, check_norm, layernorm
 from .mlp import gelu as _gelu
 
 # (MR rows, NV vectors of W floats): MR * NV accumulators, NV weight vectors and one broadcast stay in
@@ -71,11 +73,13 @@ def pack_weight(w):
 _local = threading.local()
 
 
-def _scratch(size):
-    """A 64-byte-aligned float32 buffer of `size`, reused by this thread's calls (an allocation costs ~10 us)."""
-    buf = getattr(_local, "buf", None)
+def _scratch(size, use="acc"):
+    """A 64-byte-aligned float32 buffer of `size`, one per use, reused by this thread's calls (an allocation costs
+    ~10 us, a large one its page faults too)."""
+    buf = getattr(_local, use, None)
     if buf is None or buf.size < size:
-        buf = _local.buf = aligned((size,))
+        buf = aligned((size,))
+        setattr(_local, use, buf)
     return buf[:size]
 
 
@@ -89,8 +93,8 @@ def aligned(shape, dtype=np.float32):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
-    """(M, K) @ (N, K).T + bias, then GELU or + residual: see the module docstring."""
+def linear(x, packed, bias=None, *, norm=None, gelu=False, residual=None, out=None):
+    """norm(M, K) @ (N, K).T + bias, then GELU or + residual: see the module docstring."""
     _check(x, 2)
     m, n = x.shape[0], packed.n
     if x.shape[1] != packed.k:
@@ -103,6 +107,7 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         raise ValueError(f"residual must be float32 {(m, n)}, got {residual.dtype} {residual.shape}")
     mode = _GELU if gelu else _RESIDUAL if residual is not None else _BIAS
     residual = out if residual is None else residual
+    gamma, beta, eps, fused = check_norm(norm, packed.k)
     if m == 0 or n == 0:
         return out
     if packed.panels is not None:
@@ -110,8 +115,13 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
         threads = numba.get_num_threads()
         groups = 1 if mblocks >= 4 * threads else min(packed.panels.shape[0], -(-2 * threads // mblocks))
         per = (-(-packed.panels.shape[0] // groups) if packed.k > KL else 1) * MC * NR  # one task's accumulators
-        _gemm(x, m, packed.panels, bias, residual, mode, groups, _scratch(mblocks * groups * per).reshape(-1, per), out)
+        tasks, k = mblocks * groups, packed.k
+        rows = _scratch(tasks * MC * k if fused else k, "rows").reshape(-1, MC if fused else 1, k)
+        _gemm(x, m, packed.panels, bias, residual, mode, groups, _scratch(tasks * per).reshape(-1, per),
+              gamma, beta, eps, fused, rows, out)
         return out
+    if fused:
+        x = layernorm(x, gamma, beta, eps, out=_scratch(x.size, "rows").reshape(x.shape))
     if mode == _RESIDUAL:
         y = np.matmul(x, packed.w.T)  # the residual may be `out`: the product needs its own buffer
         _epilogue_rows(y, bias, residual, mode, out)
@@ -250,13 +260,18 @@ prefetch_write = prefetch_intrinsic(write=True, locality=3)  # output lines ahea
 
 
 @pjit
-def _gemm(x, m, panels, bias, residual, mode, groups, accs, out):
+def _gemm(x, m, panels, bias, residual, mode, groups, accs, gamma, beta, eps, fused, normed, out):
     npanels, k = panels.shape[0], panels.shape[1]
     mblocks = (m + MC - 1) // MC
     for task in prange(mblocks * groups):  # one crop's rows x a range of panels
         m0 = (task % mblocks) * MC
         rows = min(MC, m - m0)
         group = task // mblocks
+        src, s0 = x, m0 * k  # the task's rows: x's, or their layer norm in the task's own copy
+        if fused:
+            src, s0 = normed[task], 0
+            for i in range(rows):
+                _normalize(x, gamma, beta, eps, src, m0 + i, i)
         first, last = group * npanels // groups, (group + 1) * npanels // groups
         acc = accs[task]  # MC x NR accumulators per panel of the group (one, reused, in a single sweep), aligned
         span = last - first if k > KL else 1
@@ -279,7 +294,7 @@ def _gemm(x, m, panels, bias, residual, mode, groups, accs, out):
                     lines = KC * NR // 16 if nxt >= 0 else 0  # 64-byte lines
                     share = -(-lines // -(-rows // MR))
                     for i0 in range(0, rows, MR):
-                        _tile(x, (m0 + i0) * k + k0, min(MR, rows - i0), k, 1, kc, panels, (p * k + k0) * NR,
+                        _tile(src, s0 + i0 * k + k0, min(MR, rows - i0), k, 1, kc, panels, (p * k + k0) * NR,
                               acc, a0 + i0 * NR, NR)
                         for line in range(i0 // MR * share, min(lines, (i0 // MR + 1) * share)):
                             _prefetch(panels, min(nxt + 16 * line, panels.size - 1))

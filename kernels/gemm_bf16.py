@@ -28,6 +28,7 @@ from numba.extending import intrinsic
 import llvmlite.binding as llvm
 
 from . import amx, gemm
+from .layernorm import _normalize, check_norm, layernorm
 from ._jit import jit, pjit
 from .mlp import _INV_SQRT2, _erf, bias_gelu
 
@@ -262,22 +263,26 @@ _tile_bias, _tile_residual = _fused_tile(amx.BIAS), _fused_tile(amx.RESIDUAL)  #
 
 
 @jit
-def _round_rows(xu, m0, rows, a16, lanes):
-    """Rows m0.. of x (uint32 view, (M, K)) -> a16[:rows * 2 * lanes]: bf16 bits row-major (row stride 2 * lanes),
-    round to nearest even, zero padded."""
+def _round_rows(x, xu, m0, rows, a16, lanes, gamma, beta, eps, fused, row, rowu):
+    """Rows m0.. of x (xu its uint32 view, (M, K)); where `fused`, their layer norm, made one at a time in `row`
+    ((1, >= K) float32, rowu its uint32 view) -> a16[:rows * 2 * lanes]: bf16 bits row-major (row stride
+    2 * lanes), round to nearest even, zero padded."""
     k = xu.shape[1]
     flat = xu.reshape(-1)
     full = k // 32 * 32
     for r in range(rows):
-        src, base = (m0 + r) * k, r * 2 * lanes
+        src, at, base = flat, (m0 + r) * k, r * 2 * lanes
+        if fused:
+            _normalize(x, gamma, beta, eps, row, m0 + r, 0)
+            src, at = rowu, 0
         for j in range(0, full, 32):
-            amx.bf16_32(flat, src + j, a16, base + j)
+            amx.bf16_32(src, at + j, a16, base + j)
         for j in range(full, 2 * lanes):
-            a16[base + j] = _bf16_of(np.uint32(flat[src + j])) if j < k else 0
+            a16[base + j] = _bf16_of(np.uint32(src[at + j])) if j < k else 0
 
 
 @pjit
-def _gemm(xu, m, panels, bias, res, out, mode, mc, groups, a, a16):
+def _gemm(x, xu, m, panels, bias, res, out, mode, mc, groups, a, a16, gamma, beta, eps, fused, normed, normedu):
     npan, steps = panels.shape[0], panels.shape[1]
     n = out.shape[1]
     flat = panels.reshape(-1)
@@ -287,7 +292,9 @@ def _gemm(xu, m, panels, bias, res, out, mode, mc, groups, a, a16):
         rows = min(mc, m - m0)
         g = task // chunks
         at, a_t = a[task], a16[task]
-        _round_rows(xu, m0, rows, a_t, steps)  # in the task: one launch, and the rows stay in this core's caches
+        # in the task: one launch, and the rows stay in this core's caches
+        ln = task % normed.shape[0]  # one buffer for every task when not fused
+        _round_rows(x, xu, m0, rows, a_t, steps, gamma, beta, eps, fused, normed[ln], normedu[ln])
         for p in range(g * npan // groups, (g + 1) * npan // groups):
             for i0 in range(0, rows, MR):
                 r = min(MR, rows - i0)
@@ -477,12 +484,16 @@ def split(m, steps, panels):
     return -(-per // MR) * MR, max(1, min(panels, threads // chunks))
 
 
-def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
-    """out = bf16(x) @ bf16(w).T + bias, then GELU or + residual; x (M, K) float32 -> (M, N) float32."""
+def linear(x, packed, bias=None, *, norm=None, gelu=False, residual=None, out=None):
+    """out = bf16(norm(x)) @ bf16(w).T + bias, then GELU or + residual; x (M, K) float32 -> (M, N) float32.
+    norm (gamma, beta, eps): the layer norm of x's rows, made by the AVX-512 tasks as they round them."""
     bias, residual, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
+    gamma, beta, eps, fused = check_norm(norm, packed.k)
     m = x.shape[0]
     if m == 0:
         return out
+    if fused and not (FAST and not packed.amx):  # the other paths normalise first
+        x = layernorm(x, gamma, beta, eps, out=gemm._scratch(x.size, "rows").reshape(x.shape))
     if packed.amx:
         steps, a, mc, groups, scratch = amx_buffers(m, packed, np.float32)
         _pack_amx(x.view(np.uint32), a.view(np.uint16), steps)
@@ -491,7 +502,10 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
     if FAST:
         lanes = packed.panels.shape[1]
         mc, groups = split(m, lanes, packed.panels.shape[0])
-        a = _scratch(-(-m // mc) * groups * mc * lanes).reshape(-1, mc * lanes)
-        _gemm(x.view(np.uint32), m, packed.panels, bias, residual, out, mode, mc, groups, a, a.view(np.uint16))
+        tasks, k = -(-m // mc) * groups, packed.k
+        a = _scratch(tasks * mc * lanes).reshape(-1, mc * lanes)
+        normed = gemm._scratch(tasks * k if fused else 1, "ln").reshape(tasks if fused else 1, 1, -1)
+        _gemm(x, x.view(np.uint32), m, packed.panels, bias, residual, out, mode, mc, groups, a, a.view(np.uint16),
+              gamma, beta, eps, fused, normed, normed.reshape(normed.shape[0], -1).view(np.uint32))
         return out
     return epilogue(round_bf16(x) @ unpack_weight(packed).T, bias, residual, out, mode)

@@ -28,6 +28,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from . import amx, gemm
+from .layernorm import _normalize, check_norm, layernorm
 from ._jit import jit, pjit
 from .gemm_bf16 import (BC, BR, MR, NR, _prefetch_block, amx_buffers, block_padded, check_call, chunk_rows, cpu_has,
                         dot_loop, epilogue, gelu_value, lanes_of)
@@ -239,19 +240,24 @@ def _scale_zero(lo, hi):
 
 
 @jit
-def _quantize_task(x, m0, rows, a, kp, sz, ends, bad, mark):
-    """Rows m0.. of x -> a (row i at i * kp: u8, zero padded to kp), sz[i] = (scale, zero point); a row with NaN
-    or inf is packed as zeros and, where `mark`, flagged in bad[m0 + i]. Whole 64-input runs through
-    amx.row_range / _quantize64 (the same float64 arithmetic as quantize_rows), the tail as scalars."""
+def _quantize_task(x, m0, rows, a, kp, sz, ends, bad, mark, gamma, beta, eps, fused, row):
+    """Rows m0.. of x (where `fused`, their layer norm, made one at a time in `row`, (1, >= K)) -> a (row i at
+    i * kp: u8, zero padded to kp), sz[i] = (scale, zero point); a row with NaN or inf is packed as zeros and,
+    where `mark`, flagged in bad[m0 + i]. Whole 64-input runs through amx.row_range / _quantize64 (the same
+    float64 arithmetic as quantize_rows), the tail as scalars."""
     k = x.shape[1]
     full = k // amx.DEPTH * amx.DEPTH
-    flat = x.reshape(-1)
+    flat, normed = x.reshape(-1), row.reshape(-1)
     for i in range(rows):
         r = m0 + i
-        row_bad = amx.row_range(flat, r * k, full, ends)
+        src, at = flat, r * k
+        if fused:
+            _normalize(x, gamma, beta, eps, row, r, 0)
+            src, at = normed, 0
+        row_bad = amx.row_range(src, at, full, ends)
         lo, hi = np.float64(ends[0]), np.float64(ends[1])
         for j in range(full, k):
-            v = np.float64(x[r, j])
+            v = np.float64(src[at + j])
             if not np.isfinite(v):
                 row_bad = 1
             lo, hi = min(lo, v), max(hi, v)
@@ -265,9 +271,9 @@ def _quantize_task(x, m0, rows, a, kp, sz, ends, bad, mark):
         sz[i, 0], sz[i, 1] = s, zp
         inv = 1.0 / s
         for t in range(full // amx.DEPTH):
-            _quantize64(flat, r * k + t * amx.DEPTH, inv, zp, a, i * kp + t * amx.DEPTH)
+            _quantize64(src, at + t * amx.DEPTH, inv, zp, a, i * kp + t * amx.DEPTH)
         for j in range(full, kp):  # the tail and K's padding
-            a[i * kp + j] = np.uint8(min(max(np.rint(np.float64(x[r, j]) * inv) + zp, 0.0), 255.0)) if j < k else 0
+            a[i * kp + j] = np.uint8(min(max(np.rint(np.float64(src[at + j]) * inv) + zp, 0.0), 255.0)) if j < k else 0
 
 
 @jit
@@ -282,7 +288,8 @@ def _tile_call(a, a0, kp, rows, flat, b0, kq, sz, s0, sw, cs, bias, res, out, o0
 
 
 @pjit
-def _gemm(x, a, sz, ends, bad, panels, sw, cs, bias, res, out, mode, chunk, groups, edge):
+def _gemm(x, a, sz, ends, bad, panels, sw, cs, bias, res, out, mode, chunk, groups, edge, gamma, beta, eps, fused,
+          normed):
     """Task = a chunk of rows (quantised by the task into a[task]: its A stays in L2) x a share of the column
     panels (each panel's B stays in L1 while the chunk's 8-row tiles pass it). Tiles past the last full
     column panel write into edge[task] (and read their residual from it), copied to out afterwards."""
@@ -297,7 +304,7 @@ def _gemm(x, a, sz, ends, bad, panels, sw, cs, bias, res, out, mode, chunk, grou
         rows = min(chunk, m - m0)
         g = task // mchunks
         at, st = a[task], sz[task]
-        _quantize_task(x, m0, rows, at, kp, st, ends[task], bad, g == 0)
+        _quantize_task(x, m0, rows, at, kp, st, ends[task], bad, g == 0, gamma, beta, eps, fused, normed[task])
         for p in range(g * npan // groups, (g + 1) * npan // groups):
             c0 = p * NR
             cols = min(NR, n - c0)
@@ -405,17 +412,21 @@ _epi_bias, _epi_gelu, _epi_residual = (amx.epilogue_int8(mode) for mode in (amx.
 _CFG = amx.tile_config()
 
 
-def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
-    """out = dequant(quant(x) @ quant(w).T) + bias, then GELU or + residual; x (M, K) float32 -> (M, N).
+def linear(x, packed, bias=None, *, norm=None, gelu=False, residual=None, out=None):
+    """out = dequant(quant(norm(x)) @ quant(w).T) + bias, then GELU or + residual; x (M, K) float32 -> (M, N).
 
     A weight packed by kernels/gemm.py (a layer an int8 model keeps in fp32) goes to its fp32 product.
+    norm (gamma, beta, eps): the layer norm of x's rows, made by the AVX-512 tasks as they quantise them.
     """
     if not isinstance(packed, PackedInt8):
-        return gemm.linear(x, packed, bias, gelu=gelu, residual=residual, out=out)
+        return gemm.linear(x, packed, bias, norm=norm, gelu=gelu, residual=residual, out=out)
     bias, res, out, mode = check_call(x, packed.n, packed.k, bias, residual, out, gelu)
+    gamma, beta, eps, fused = check_norm(norm, packed.k)
     m = x.shape[0]
     if m == 0:
         return out
+    if fused and not (FAST and not packed.amx):  # the other paths normalise first
+        x = layernorm(x, gamma, beta, eps, out=gemm._scratch(x.size, "rows").reshape(x.shape))
     if packed.amx:
         steps, a, mc, groups, scratch = amx_buffers(m, packed, np.int32)
         sz, bad = np.empty((m, 2), np.float64), np.empty(m, np.uint8)
@@ -426,12 +437,13 @@ def linear(x, packed, bias=None, *, gelu=False, residual=None, out=None):
             out[bad.view(np.bool_)] = np.nan
         return out
     if FAST:
-        a, sz, ends, bad, edge, chunk, groups = _buffers(m, packed)
+        a, sz, ends, bad, edge, normed, chunk, groups = _buffers(m, packed)
         sw, cs = packed.scale, packed.colsum
         if packed.n % NR:  # the last panel's tiles read (and ignore) whole panels of the per-column values
             width = packed.panels.shape[0] * NR
             sw, cs, bias = _padded(sw, width), _padded(cs, width), _padded(bias, width)
-        _gemm(x, a, sz, ends, bad, packed.panels, sw, cs, bias, res, out, mode, chunk, groups, edge)
+        _gemm(x, a, sz, ends, bad, packed.panels, sw, cs, bias, res, out, mode, chunk, groups, edge, gamma, beta, eps,
+              fused, normed)
         if bad.any():  # a row with NaN or inf has no scale: it gives NaN, as in fp32, and the others are untouched
             out[bad.view(np.bool_)] = np.nan
         return out
@@ -450,7 +462,8 @@ _local = threading.local()
 
 
 def _buffers(m, packed):
-    """(a, sz, ends, bad, edge, rows per task, column groups) of one AVX-512 call on m rows; the buffers are
+    """(a, sz, ends, bad, edge, normed, rows per task, column groups) of one AVX-512 call on m rows (normed: a
+    task's layer-norm row, (tasks, 1, kp) float32); the buffers are
     this thread's, reused by its later calls (nothing is allocated inside the parallel region), and the views of
     a shape are kept: working them out again cost ~8 us a call, as much as quantising a ViT-S layer's input."""
     threads = numba.get_num_threads()
@@ -463,14 +476,14 @@ def _buffers(m, packed):
     mchunks = -(-m // chunk)
     groups = max(1, min(npan, threads // math.gcd(mchunks, threads)))
     tasks, kp = mchunks * groups, 4 * kq
-    sizes = (tasks * chunk * kp, tasks * chunk * 2, tasks * 16, m, tasks * MR * NR)  # ends: a cache line a task
+    sizes = (tasks * chunk * kp, tasks * chunk * 2, tasks * 16, m, tasks * MR * NR, tasks * kp)  # ends: a line a task
     bufs = getattr(_local, "bufs", None) or (None,) * len(sizes)
     if views is None or len(views) > 64 or any(b is None or b.size < s for b, s in zip(bufs, sizes)):
         views = _local.views = {}
     if any(b is None or b.size < s for b, s in zip(bufs, sizes)):  # grown, never shrunk: the layers share them
         bufs = _local.bufs = tuple(gemm.aligned((s if b is None else max(s, b.size),), t) for b, s, t in
-                                   zip(bufs, sizes, (np.uint8, np.float64, np.float32, np.uint8, np.float32)))
-    a, sz, ends, bad, edge = (b[:s] for b, s in zip(bufs, sizes))
+                                   zip(bufs, sizes, (np.uint8, np.float64, np.float32, np.uint8, np.float32, np.float32)))
+    a, sz, ends, bad, edge, normed = (b[:s] for b, s in zip(bufs, sizes))
     views[key] = (a.reshape(tasks, chunk * kp), sz.reshape(tasks, chunk, 2), ends.reshape(tasks, 16), bad,
-                  edge.reshape(tasks, MR * NR), chunk, groups)
+                  edge.reshape(tasks, MR * NR), normed.reshape(tasks, 1, kp), chunk, groups)
     return views[key]

@@ -12,7 +12,8 @@ SERIAL_MAX = 1 << 19
 
 
 @jit
-def _normalize(x, gamma, beta, eps, out, r):
+def _normalize(x, gamma, beta, eps, out, r, o):
+    """out[o, :C] = the layer norm of x[r] (C = x's columns)."""
     c = x.shape[1]
     # float64 accumulation, two passes: small-variance inputs keep their digits (spec 9 trap 3)
     s = 0.0
@@ -25,19 +26,19 @@ def _normalize(x, gamma, beta, eps, out, r):
         v += d * d
     inv = np.sqrt(1.0 / (v / c + eps))  # not 1 / sqrt: reassoc lets LLVM turn `* inv` into a divide per element (1.4x)
     for j in range(c):
-        out[r, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
+        out[o, j] = (x[r, j] - mean) * inv * gamma[j] + beta[j]
 
 
 @pjit
 def _layernorm(x, gamma, beta, eps, out):
     for r in prange(x.shape[0]):
-        _normalize(x, gamma, beta, eps, out, r)
+        _normalize(x, gamma, beta, eps, out, r, r)
 
 
 @jit
 def _layernorm_small(x, gamma, beta, eps, out):
     for r in range(x.shape[0]):
-        _normalize(x, gamma, beta, eps, out, r)
+        _normalize(x, gamma, beta, eps, out, r, r)
 
 
 def layernorm(x, gamma, beta, eps, out=None):
@@ -51,6 +52,15 @@ def layernorm(x, gamma, beta, eps, out=None):
     run = _layernorm_small if x.size <= SERIAL_MAX else _layernorm
     run(x, _vec(gamma, x.shape[1]), _vec(beta, x.shape[1]), float(eps), out)
     return out
+
+
+def check_norm(norm, k):
+    """A linear layer's `norm` argument: None, or (gamma, beta, eps) of a layer norm over its k inputs, applied
+    to x's rows before the product -> (gamma, beta, eps, fused) as the kernels take them."""
+    if norm is None:
+        return np.ones(1, np.float32), np.zeros(1, np.float32), 0.0, False
+    gamma, beta, eps = norm
+    return _vec(gamma, k), _vec(beta, k), float(eps), True
 
 
 def _check(x, ndim):

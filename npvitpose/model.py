@@ -187,22 +187,23 @@ class Model:
         n = hp * wp
         x = embed(pixels, self._patch_w, w["backbone.patch_embed.proj.bias"], self._pos)  # (B*N, C)
         _tap(taps, "embeddings", x, b)
-        h, a = np.empty_like(x), np.empty_like(x)  # (B*N, C) buffers reused by every block
+        a = np.empty_like(x)  # (B*N, C) buffer reused by every block
         qkv = np.empty((b * n, 3 * cfg.dim), np.float32)
         hidden = np.empty((b * n, cfg.mlp_hidden), np.float32)
-        linear, packed = self._gemm.linear, self._linear
+        linear, packed, eps = self._gemm.linear, self._linear, cfg.ln_eps
         for i in range(cfg.depth):
             p = f"backbone.blocks.{i}."
-            layernorm(x, w[p + "norm1.weight"], w[p + "norm1.bias"], cfg.ln_eps, out=h)
-            linear(h, packed[p + "attn.qkv.weight"], out=qkv)  # (B*N, 3C); its bias is added inside attention
+            # the pre-norms run inside the products that read them: each task normalises its own rows
+            norm1 = (w[p + "norm1.weight"], w[p + "norm1.bias"], eps)
+            norm2 = (w[p + "norm2.weight"], w[p + "norm2.bias"], eps)
+            linear(x, packed[p + "attn.qkv.weight"], norm=norm1, out=qkv)  # (B*N, 3C); its bias is added in attention
             attention(qkv, n, cfg.heads, bias=w[p + "attn.qkv.bias"], out=a)  # (B*N, C)
             linear(a, packed[p + "attn.proj.weight"], w[p + "attn.proj.bias"], residual=x, out=x)
-            layernorm(x, w[p + "norm2.weight"], w[p + "norm2.bias"], cfg.ln_eps, out=h)
-            linear(h, packed[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"], gelu=True, out=hidden)  # (B*N, 4C)
+            linear(x, packed[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"], norm=norm2, gelu=True, out=hidden)  # (B*N, 4C)
             linear(hidden, packed[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"], residual=x, out=x)
             _tap(taps, f"blocks.{i}", x, b)
-        x = layernorm(x, w["backbone.last_norm.weight"], w["backbone.last_norm.bias"], cfg.ln_eps, out=h)
-        del a, qkv, hidden  # freed before the head allocates its own (ViT-H, 16 crops: ~157 MB)
+        x = layernorm(x, w["backbone.last_norm.weight"], w["backbone.last_norm.bias"], eps, out=a)
+        del qkv, hidden  # freed before the head allocates its own (ViT-H, 16 crops: ~157 MB)
         _tap(taps, "last_norm", x, b)
         f = x.reshape(b, hp, wp, cfg.dim)  # (B, 16, 12, C): tokens are already channels-last feature maps
         k = cfg.num_keypoints

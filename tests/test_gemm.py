@@ -5,6 +5,7 @@ import pytest
 
 import twins
 from npvitpose.kernels import gemm
+from npvitpose.kernels.layernorm import layernorm
 
 rng = np.random.default_rng(2024)
 
@@ -46,6 +47,21 @@ def test_gelu_epilogue(m, k, n):
     got = gemm.linear(x, gemm.pack_weight(w), bias, gelu=True)
     want = twins.linear(x, w, bias, gelu=True)
     assert np.abs(got - want).max() < TOL * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("gelu", [False, True])
+def test_layer_norm_fused_into_the_product(m, k, n, gelu):
+    # norm=: each task normalises its own rows (groups of tasks sharing rows each make their own copy)
+    x, w, bias = f32(m, k, scale=3.0) + 1.0, f32(n, k, scale=k ** -0.5), f32(n)
+    gamma, beta = 1.0 + f32(k, scale=0.2), f32(k)
+    packed = gemm.pack_weight(w)
+    got = gemm.linear(x, packed, bias, norm=(gamma, beta, 1e-6), gelu=gelu)
+    want = twins.linear(twins.layernorm(x, gamma, beta, 1e-6), w, bias, gelu=gelu)
+    assert np.abs(got - want).max() < TOL * max(1.0, np.abs(want).max())
+    # the same numbers as the layer norm kernel followed by the product: fusing changes no arithmetic
+    unfused = gemm.linear(layernorm(x, gamma, beta, 1e-6), packed, bias, gelu=gelu)
+    assert np.array_equal(got, unfused)
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)

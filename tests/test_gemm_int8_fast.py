@@ -20,10 +20,11 @@ def quantised(x, n=48):
     """The u8 rows, scales and zero points the kernel's parallel pass leaves in its buffers."""
     m, k = x.shape
     packed = gemm_int8.pack_weight(np.ones((n, k), np.float32))
-    a, sz, ends, bad, edge, chunk, groups = gemm_int8._buffers(m, packed)
+    a, sz, ends, bad, edge, normed, chunk, groups = gemm_int8._buffers(m, packed)
     out = np.empty((m, n), np.float32)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
     gemm_int8._gemm(x, a, sz, ends, bad, packed.panels, packed.scale, packed.colsum, np.zeros(n, np.float32),
-                    out, out, 0, chunk, groups, edge)
+                    out, out, 0, chunk, groups, edge, one, zero, 0.0, False, normed)
     kp = 4 * packed.panels.shape[1]
     rows = [min(chunk, m - t * chunk) for t in range(-(-m // chunk))]
     u = np.concatenate([a[t].reshape(chunk, kp)[:r] for t, r in enumerate(rows)])

@@ -13,7 +13,8 @@ import torch
 
 import npvitpose
 import twins
-from npvitpose.kernels import gemm_bf16, gemm_int8
+from npvitpose.kernels import gemm, gemm_bf16, gemm_int8
+from npvitpose.kernels.layernorm import layernorm
 from npvitpose.model import Config, random_weights, save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,35 @@ def test_int8_linear_matches_twin(m, k, n, epilogue, path):
     assert rel(got, twins.int8_linear(x, w, b, kw["gelu"], kw["residual"])) < 1e-6
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (9, 33, 50), (13, 67, 145), (192, 384, 1152), (330, 3072, 40)])
+@pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
+@pytest.mark.parametrize("epilogue", ["bias", "gelu"])
+def test_layer_norm_fused_into_the_packing(m, k, n, module, epilogue, path):
+    # norm=: the AVX-512 tasks normalise each row as they round or quantise it; AMX normalises first
+    x, w, b, _ = case(m, k, n, seed=2)
+    x = x * 3 + 1
+    gamma, beta = (1 + 0.2 * rng.standard_normal(k)).astype(np.float32), rng.standard_normal(k).astype(np.float32)
+    packed, gelu = module.pack_weight(w), epilogue == "gelu"
+    got = module.linear(x, packed, b, norm=(gamma, beta, 1e-6), gelu=gelu)
+    h = twins.layernorm(x, gamma, beta, 1e-6).astype(np.float32)
+    if module is gemm_bf16:
+        ref = twins.linear(twins.bf16(h), twins.bf16(w), b, gelu=gelu)
+    else:
+        ref = twins.int8_linear(h, w, b, gelu, None)
+    # h's float32 last bits may round or quantise one value the other way (one bf16 step, one int8 level)
+    assert rel(got, ref) < 1e-3
+    # and exactly the numbers of the layer norm kernel followed by the unfused product
+    assert np.array_equal(got, module.linear(layernorm(x, gamma, beta, 1e-6), packed, b, gelu=gelu))
+
+
+@pytest.mark.parametrize("module", [gemm, gemm_bf16, gemm_int8])
+def test_fused_layer_norm_keeps_nan_in_its_row(module, path):
+    x, w, b, _ = case(20, 70, 50, seed=3)
+    x[3, 5] = np.nan
+    got = module.linear(x, module.pack_weight(w), b, norm=(np.ones(70, np.float32), np.zeros(70, np.float32), 1e-6))
+    assert np.isnan(got[3]).all() and np.isfinite(np.delete(got, 3, axis=0)).all()
+
+
 @pytest.mark.parametrize("module", [gemm_bf16, gemm_int8])
 def test_gelu_epilogue_against_torch(module, path):
     """x = 0, so out = GELU(bias) through the epilogue alone (float32 erf, 1.3e-7), against torch's exact GELU."""
@@ -153,7 +183,8 @@ _CHILD = """
 import json, sys
 import numpy as np
 import npvitpose
-from npvitpose.kernels import gemm_bf16, gemm_int8
+from npvitpose.kernels import gemm, gemm_bf16, gemm_int8
+from npvitpose.kernels.layernorm import layernorm
 x, w, b, pixels = (np.load(sys.argv[1])[k] for k in ("x", "w", "b", "pixels"))
 np.savez(sys.argv[2], bf16=gemm_bf16.linear(x, gemm_bf16.pack_weight(w), b, gelu=True),
          int8=gemm_int8.linear(x, gemm_int8.pack_weight(w), b, gelu=True),
