@@ -168,115 +168,143 @@ def out_tile(hd, tiles=None, width=None):
     return min(range(len(tiles)), key=lambda i: (-(-hd // (tiles[i][1] * width)) * tiles[i][1], -tiles[i][1]))
 
 
-def _softmax_kernel(width):
+def _softmax_kernel(width, bf16=False):
     """An intrinsic softmax_rows(s, rows, stride, n, inv) on <width x float> vectors, for rows x n scores at
     s[x * stride:] (stride a multiple of width, at least n): each row becomes exp(s - max(row)) in place (the
     method of _softmax_numerator) and inv[x] = 1 / its sum. Whole vectors are read and written up to
     ceil(n / width) * width per row; the lanes past n are left out of the max and the sum, their values unused.
     All rows' maxima come first, then all rows' exponentials: a row alone is a chain of dependent steps, and
-    rows side by side let the core overlap them."""
+    rows side by side let the core overlap them.
+    bf16=True (kernels/attention_bf16.py): softmax_rows(s, rows, stride, n, inv, p, pstride) leaves s as it is
+    and writes the exponentials' bf16 bits (round to nearest even, NaN quiet) to the uint16 p[x * pstride:],
+    ceil(n / width) * width per row, zeros past n."""
 
-    @intrinsic
-    def softmax_rows(typingctx, s, rows, stride, n, inv):
-        sig = types.void(s, rows, stride, n, inv)
+    def codegen(context, builder, signature, args):
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vec, ivec = ir.VectorType(f32, width), ir.VectorType(i32, width)
+        rows, stride, n = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 3))
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        invs = context.make_array(signature.args[4])(context, builder, args[4]).data
+        if bf16:
+            pdata = context.make_array(signature.args[5])(context, builder, args[5]).data
+            pstride = context.cast(builder, args[6], signature.args[6], types.int64)
+        undef = ir.Constant(vec, ir.Undefined)
 
-        def codegen(context, builder, signature, args):
-            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-            vec, ivec = ir.VectorType(f32, width), ir.VectorType(i32, width)
-            rows, stride, n = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 3))
-            data = context.make_array(signature.args[0])(context, builder, args[0]).data
-            invs = context.make_array(signature.args[4])(context, builder, args[4]).data
-            undef = ir.Constant(vec, ir.Undefined)
+        def splat(x, t=vec):
+            one = builder.insert_element(ir.Constant(t, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, ir.Constant(t, ir.Undefined), ir.Constant(ivec, None))
 
-            def splat(x, t=vec):
-                one = builder.insert_element(ir.Constant(t, ir.Undefined), x, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(t, ir.Undefined), ir.Constant(ivec, None))
+        def const(x):
+            return ir.Constant(vec, [float(x)] * width)
 
-            def const(x):
-                return ir.Constant(vec, [float(x)] * width)
+        def at(row, v):  # vector v of a row
+            return builder.bitcast(builder.gep(data, [builder.add(builder.mul(row, stride), builder.mul(
+                v, ir.Constant(i64, width)))]), vec.as_pointer())
 
-            def at(row, v):  # vector v of a row
-                return builder.bitcast(builder.gep(data, [builder.add(builder.mul(row, stride), builder.mul(
-                    v, ir.Constant(i64, width)))]), vec.as_pointer())
+        def fold(x, pick):  # log2(width) halvings down to lane 0
+            step = width // 2
+            while step:
+                moved = builder.shuffle_vector(x, undef, ir.Constant(ivec, [(i + step) % width for i in range(width)]))
+                x = pick(x, moved)
+                step //= 2
+            return builder.extract_element(x, ir.Constant(i32, 0))
 
-            def fold(x, pick):  # log2(width) halvings down to lane 0
-                step = width // 2
-                while step:
-                    moved = builder.shuffle_vector(x, undef, ir.Constant(ivec, [(i + step) % width for i in range(width)]))
-                    x = pick(x, moved)
-                    step //= 2
-                return builder.extract_element(x, ir.Constant(i32, 0))
+        def bigger(a, b):  # b where b > a: NaN never wins (its own exp is NaN and makes the sum NaN)
+            return builder.select(builder.fcmp_ordered(">", b, a), b, a)
 
-            def bigger(a, b):  # b where b > a: NaN never wins (its own exp is NaN and makes the sum NaN)
-                return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fmuladd.v{width}f32")
+        full = builder.sdiv(n, ir.Constant(i64, width))
+        partial = builder.icmp_signed(">", builder.srem(n, ir.Constant(i64, width)), ir.Constant(i64, 0))
+        left = builder.trunc(builder.srem(n, ir.Constant(i64, width)), i32)
+        tail = builder.icmp_signed("<", ir.Constant(ivec, list(range(width))), splat(left, ivec))  # lanes < n
+        chains = 4  # running maxima and sums per row
+        accs = [cgutils.alloca_once(builder, vec) for _ in range(chains)]
+        by_chains = builder.mul(builder.sdiv(full, ir.Constant(i64, chains)), ir.Constant(i64, chains))
 
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                                 f"llvm.fmuladd.v{width}f32")
-            full = builder.sdiv(n, ir.Constant(i64, width))
-            partial = builder.icmp_signed(">", builder.srem(n, ir.Constant(i64, width)), ir.Constant(i64, 0))
-            left = builder.trunc(builder.srem(n, ir.Constant(i64, width)), i32)
-            tail = builder.icmp_signed("<", ir.Constant(ivec, list(range(width))), splat(left, ivec))  # lanes < n
-            chains = 4  # running maxima and sums per row
-            accs = [cgutils.alloca_once(builder, vec) for _ in range(chains)]
-            by_chains = builder.mul(builder.sdiv(full, ir.Constant(i64, chains)), ir.Constant(i64, chains))
+        def over_row(start, step):  # accs[c] = step(accs[c], vector) over the row's vectors
+            for acc in accs:
+                builder.store(start, acc)
+            with cgutils.for_range_slice(builder, ir.Constant(i64, 0), by_chains, ir.Constant(i64, chains)) as (v, _):
+                for c, acc in enumerate(accs):
+                    builder.store(step(builder.load(acc), builder.add(v, ir.Constant(i64, c)), False), acc)
+            with cgutils.for_range_slice(builder, by_chains, full, ir.Constant(i64, 1)) as (v, _):
+                builder.store(step(builder.load(accs[0]), v, False), accs[0])
+            with builder.if_then(partial):
+                builder.store(step(builder.load(accs[0]), full, True), accs[0])
+            return [builder.load(acc) for acc in accs]
 
-            def over_row(start, step):  # accs[c] = step(accs[c], vector) over the row's vectors
-                for acc in accs:
-                    builder.store(start, acc)
-                with cgutils.for_range_slice(builder, ir.Constant(i64, 0), by_chains, ir.Constant(i64, chains)) as (v, _):
-                    for c, acc in enumerate(accs):
-                        builder.store(step(builder.load(acc), builder.add(v, ir.Constant(i64, c)), False), acc)
-                with cgutils.for_range_slice(builder, by_chains, full, ir.Constant(i64, 1)) as (v, _):
-                    builder.store(step(builder.load(accs[0]), v, False), accs[0])
-                with builder.if_then(partial):
-                    builder.store(step(builder.load(accs[0]), full, True), accs[0])
-                return [builder.load(acc) for acc in accs]
+        def to_max(best, v, last):
+            x = builder.load(at(row, v), align=4)
+            return bigger(best, builder.select(tail, x, const(-np.inf)) if last else x)
 
-            def to_max(best, v, last):
-                x = builder.load(at(row, v), align=4)
-                return bigger(best, builder.select(tail, x, const(-np.inf)) if last else x)
+        with cgutils.for_range(builder, rows) as loop:
+            row = loop.index
+            m = over_row(const(-np.inf), to_max)
+            m = fold(bigger(bigger(m[0], m[1]), bigger(m[2], m[3])), bigger)
+            builder.store(m, builder.gep(invs, [row]))
 
-            with cgutils.for_range(builder, rows) as loop:
-                row = loop.index
-                m = over_row(const(-np.inf), to_max)
-                m = fold(bigger(bigger(m[0], m[1]), bigger(m[2], m[3])), bigger)
-                builder.store(m, builder.gep(invs, [row]))
-
-            def to_sum(total, v, last):  # exp(s - m) for vector v, stored in place, added to the total
-                ptr = at(row, v)
-                x = builder.fsub(builder.load(ptr, align=4), m)
-                below = builder.fcmp_ordered("<", x, const(_EXP_FLOOR))
-                x = builder.select(below, const(_EXP_FLOOR), x)  # NaN passes through
-                # k from a NaN-free copy: fptosi of NaN is poison to LLVM
-                kx = builder.select(builder.fcmp_ordered(">=", x, const(_EXP_FLOOR)), x, const(_EXP_FLOOR))
-                k = builder.fptosi(builder.call(fma, [kx, const(_LOG2E), const(-0.5)]), ivec)  # x <= 0: rounds
-                kf = builder.sitofp(k, vec)
-                r = builder.call(fma, [kf, const(-_LN2_HI), x])
-                r = builder.call(fma, [kf, const(-_LN2_LO), r])
-                p = const(_EXP_P[6])
-                for c in _EXP_P[5::-1]:
-                    p = builder.call(fma, [p, r, const(c)])
-                scale = builder.bitcast(builder.shl(builder.add(k, ir.Constant(ivec, [127] * width)),
-                                                    ir.Constant(ivec, [23] * width)), vec)
-                e = builder.fmul(p, scale)
+        def to_sum(total, v, last):  # exp(s - m) for vector v, stored in place (bf16: into p), added to the total
+            ptr = at(row, v)
+            x = builder.fsub(builder.load(ptr, align=4), m)
+            below = builder.fcmp_ordered("<", x, const(_EXP_FLOOR))
+            x = builder.select(below, const(_EXP_FLOOR), x)  # NaN passes through
+            # k from a NaN-free copy: fptosi of NaN is poison to LLVM
+            kx = builder.select(builder.fcmp_ordered(">=", x, const(_EXP_FLOOR)), x, const(_EXP_FLOOR))
+            k = builder.fptosi(builder.call(fma, [kx, const(_LOG2E), const(-0.5)]), ivec)  # x <= 0: rounds
+            kf = builder.sitofp(k, vec)
+            r = builder.call(fma, [kf, const(-_LN2_HI), x])
+            r = builder.call(fma, [kf, const(-_LN2_LO), r])
+            p = const(_EXP_P[6])
+            for c in _EXP_P[5::-1]:
+                p = builder.call(fma, [p, r, const(c)])
+            scale = builder.bitcast(builder.shl(builder.add(k, ir.Constant(ivec, [127] * width)),
+                                                ir.Constant(ivec, [23] * width)), vec)
+            e = builder.fmul(p, scale)
+            if bf16:
+                bits = _bf16_bits(builder, builder.bitcast(e, ivec), ivec)
+                if last:
+                    bits = builder.select(tail, bits, ir.Constant(ivec, None))
+                at16 = builder.gep(pdata, [builder.add(builder.mul(row, pstride), builder.mul(v, ir.Constant(i64, width)))])
+                builder.store(builder.trunc(bits, ir.VectorType(ir.IntType(16), width)),
+                              builder.bitcast(at16, ir.VectorType(ir.IntType(16), width).as_pointer()), align=2)
+            else:
                 builder.store(e, ptr, align=4)
-                return builder.fadd(total, builder.select(tail, e, const(0.0)) if last else e)
+            return builder.fadd(total, builder.select(tail, e, const(0.0)) if last else e)
 
-            with cgutils.for_range(builder, rows) as loop:
-                row = loop.index
-                slot = builder.gep(invs, [row])
-                m = splat(builder.load(slot))
-                t = over_row(const(0.0), to_sum)
-                total = fold(builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3])), builder.fadd)
-                builder.store(builder.fdiv(ir.Constant(f32, 1.0), total), slot)
-            return context.get_dummy_value()
+        with cgutils.for_range(builder, rows) as loop:
+            row = loop.index
+            slot = builder.gep(invs, [row])
+            m = splat(builder.load(slot))
+            t = over_row(const(0.0), to_sum)
+            total = fold(builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3])), builder.fadd)
+            builder.store(builder.fdiv(ir.Constant(f32, 1.0), total), slot)
+        return context.get_dummy_value()
 
-        return sig, codegen
+    if bf16:
+        @intrinsic
+        def softmax_rows(typingctx, s, rows, stride, n, inv, p, pstride):
+            return types.void(s, rows, stride, n, inv, p, pstride), codegen
+    else:
+        @intrinsic
+        def softmax_rows(typingctx, s, rows, stride, n, inv):
+            return types.void(s, rows, stride, n, inv), codegen
 
     return softmax_rows
 
 
 _softmax_rows = _softmax_kernel(W) if gemm.OWN else None
+
+
+def _bf16_bits(builder, u, ivec):
+    """float32 bits (an integer vector) -> bf16 bits in the low half, round to nearest even; NaN stays a quiet NaN."""
+    def c(v):
+        return ir.Constant(ivec, [v] * ivec.count)
+
+    high = builder.lshr(u, c(16))
+    rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), builder.and_(high, c(1))), c(16))
+    nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
+    return builder.select(nan, builder.or_(high, c(0x40)), rounded)
 
 
 @jit
@@ -331,15 +359,9 @@ _transpose = _transpose_kernel(W) if gemm.OWN else None
 
 
 @jit
-def _pack_head(qkv, bias, r0, q0, n, hd, scale, q, kp, vp, nro):
-    # one (crop, head)'s q, k and v with the qkv bias added (the official code scales q before q k^T): q
-    # row-major (the broadcast side), keys as (hd, NR) panels, values as (n, nro) panels
+def _pack_keys(qkv, bias, r0, q0, n, hd, kp):
+    # one (crop, head)'s keys with the qkv bias added, as (hd, NR) panels (also kernels/attention_bf16.py)
     c = qkv.shape[1] // 3
-    bq, bv = bias[q0:q0 + hd], bias[2 * c + q0:2 * c + q0 + hd]
-    for j in range(n):
-        src, dst = qkv[r0 + j, q0:q0 + hd], q[j * hd:(j + 1) * hd]
-        for d in range(hd):
-            dst[d] = (src[d] + bq[d]) * scale
     kpanels = (n + NR - 1) // NR
     nw, dw = n - n % W, hd - hd % W  # keys and head columns in whole W x W blocks
     for j0 in range(0, nw, W):  # keys: W x W blocks transposed in registers
@@ -356,6 +378,19 @@ def _pack_head(qkv, bias, r0, q0, n, hd, scale, q, kp, vp, nro):
         dst = kp[(kpanels - 1) * hd * NR + j - (kpanels - 1) * NR:]
         for d in range(hd):
             dst[d * NR] = 0.0
+
+
+@jit
+def _pack_head(qkv, bias, r0, q0, n, hd, scale, q, kp, vp, nro):
+    # one (crop, head)'s q, k and v with the qkv bias added (the official code scales q before q k^T): q
+    # row-major (the broadcast side), keys as (hd, NR) panels, values as (n, nro) panels
+    c = qkv.shape[1] // 3
+    bq, bv = bias[q0:q0 + hd], bias[2 * c + q0:2 * c + q0 + hd]
+    for j in range(n):
+        src, dst = qkv[r0 + j, q0:q0 + hd], q[j * hd:(j + 1) * hd]
+        for d in range(hd):
+            dst[d] = (src[d] + bq[d]) * scale
+    _pack_keys(qkv, bias, r0, q0, n, hd, kp)
     for p in range((hd + nro - 1) // nro):
         d0 = p * nro
         w = min(nro, hd - d0)
@@ -412,9 +447,8 @@ def _attention_tiled(qkv, bias, n, heads, which, out):
                     dst[d] = src[d] * f
 
 
-def attention(qkv, tokens, heads, bias=None, out=None):
-    """qkv (B*N, 3C) float32 as the qkv matrix product writes it, plus its bias (3C,) if given
-    -> (B*N, C), heads concatenated in order."""
+def check_call(qkv, tokens, heads, bias, out):
+    """The contract's argument checks, shared with kernels/attention_bf16.py; returns (bias, out)."""
     _check(qkv, 2)
     rows, c3 = qkv.shape
     if c3 % 3 or (c3 // 3) % heads or rows % tokens:
@@ -424,6 +458,14 @@ def attention(qkv, tokens, heads, bias=None, out=None):
         out = np.empty((rows, c3 // 3), np.float32)
     elif out.shape != (rows, c3 // 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous float32 of shape {(rows, c3 // 3)}")
+    return bias, out
+
+
+def attention(qkv, tokens, heads, bias=None, out=None):
+    """qkv (B*N, 3C) float32 as the qkv matrix product writes it, plus its bias (3C,) if given
+    -> (B*N, C), heads concatenated in order."""
+    bias, out = check_call(qkv, tokens, heads, bias, out)
+    c3 = qkv.shape[1]
     if gemm.OWN:
         _attention_tiled(qkv, bias, tokens, heads, out_tile(c3 // 3 // heads), out)
     else:

@@ -10,7 +10,7 @@ import numpy as np
 from . import meta as metadata
 from . import threads
 from .errors import NpvitposeError
-from .kernels import gemm, gemm_bf16, gemm_int8
+from .kernels import attention_bf16, gemm, gemm_bf16, gemm_int8
 from .kernels.attention import attention
 from .kernels.head import conv3x3_weight, deconv4x4s2, deconv_weight, fold_batchnorm, upsample4, upsample4_conv3x3
 from .kernels.layernorm import layernorm
@@ -115,6 +115,8 @@ class Model:
                   {k: (v.dtype, v.shape) for k, v in weights.items()}, self.config)
         self._lock = threading.Lock()  # one forward at a time: each already uses every core
         self._gemm = PRECISIONS[self.precision]  # the module every linear layer goes through (pack_weight / linear)
+        # bf16/int8: the attention core's two products in bf16 where the CPU has AVX512-BF16 (README "Precision")
+        self._attention = attention_bf16.attention if self.precision != "fp32" and attention_bf16.FAST else attention
         take = weights.pop if isinstance(weights, Archive) or not copy else weights.__getitem__
         self.weights = {}
         self._prepare(lambda key: _checked(key, take(key)))
@@ -197,7 +199,7 @@ class Model:
             norm1 = (w[p + "norm1.weight"], w[p + "norm1.bias"], eps)
             norm2 = (w[p + "norm2.weight"], w[p + "norm2.bias"], eps)
             linear(x, packed[p + "attn.qkv.weight"], norm=norm1, out=qkv)  # (B*N, 3C); its bias is added in attention
-            attention(qkv, n, cfg.heads, bias=w[p + "attn.qkv.bias"], out=a)  # (B*N, C)
+            self._attention(qkv, n, cfg.heads, bias=w[p + "attn.qkv.bias"], out=a)  # (B*N, C)
             linear(a, packed[p + "attn.proj.weight"], w[p + "attn.proj.bias"], residual=x, out=x)
             linear(x, packed[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"], norm=norm2, gelu=True, out=hidden)  # (B*N, 4C)
             linear(hidden, packed[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"], residual=x, out=x)
