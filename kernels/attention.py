@@ -9,6 +9,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import gemm
+from .gemm_bf16 import _BFloat
 from ._jit import jit, pjit
 from .layernorm import _check, _vec
 
@@ -175,9 +176,9 @@ def _softmax_kernel(width, bf16=False):
     ceil(n / width) * width per row; the lanes past n are left out of the max and the sum, their values unused.
     All rows' maxima come first, then all rows' exponentials: a row alone is a chain of dependent steps, and
     rows side by side let the core overlap them.
-    bf16=True (kernels/attention_bf16.py): softmax_rows(s, rows, stride, n, inv, p, pstride) leaves s as it is
-    and writes the exponentials' bf16 bits (round to nearest even, NaN quiet) to the uint16 p[x * pstride:],
-    ceil(n / width) * width per row, zeros past n."""
+    bf16=True (kernels/attention_bf16.py; AVX512-BF16 only, width 16): softmax_rows(s, rows, stride, n, inv, p,
+    pstride) leaves s as it is and writes the exponentials' bf16 bits (round to nearest even, NaN quiet) to the
+    uint16 p[x * pstride:], ceil(n / width) * width per row, zeros past n."""
 
     def codegen(context, builder, signature, args):
         f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
@@ -185,9 +186,12 @@ def _softmax_kernel(width, bf16=False):
         rows, stride, n = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 3))
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         invs = context.make_array(signature.args[4])(context, builder, args[4]).data
-        if bf16:
+        if bf16:  # vcvtneps2bf16 (AVX512-BF16): round to nearest even, NaN quiet, subnormals to zero
             pdata = context.make_array(signature.args[5])(context, builder, args[5]).data
             pstride = context.cast(builder, args[6], signature.args[6], types.int64)
+            hvec = ir.VectorType(ir.IntType(16), width)
+            to_bf16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VectorType(_BFloat(), width), [vec]),
+                                                     f"llvm.x86.avx512bf16.cvtneps2bf16.{32 * width}")
         undef = ir.Constant(vec, ir.Undefined)
 
         def splat(x, t=vec):
@@ -261,13 +265,12 @@ def _softmax_kernel(width, bf16=False):
             scale = builder.bitcast(builder.shl(builder.add(k, ir.Constant(ivec, [127] * width)),
                                                 ir.Constant(ivec, [23] * width)), vec)
             e = builder.fmul(p, scale)
-            if bf16:
-                bits = _bf16_bits(builder, builder.bitcast(e, ivec), ivec)
+            if bf16:  # e is never subnormal (exp(_EXP_FLOOR) is a normal float32): nothing to flush
+                bits = builder.bitcast(builder.call(to_bf16, [e]), hvec)
                 if last:
-                    bits = builder.select(tail, bits, ir.Constant(ivec, None))
+                    bits = builder.select(tail, bits, ir.Constant(hvec, None))
                 at16 = builder.gep(pdata, [builder.add(builder.mul(row, pstride), builder.mul(v, ir.Constant(i64, width)))])
-                builder.store(builder.trunc(bits, ir.VectorType(ir.IntType(16), width)),
-                              builder.bitcast(at16, ir.VectorType(ir.IntType(16), width).as_pointer()), align=2)
+                builder.store(bits, builder.bitcast(at16, hvec.as_pointer()), align=2)
             else:
                 builder.store(e, ptr, align=4)
             return builder.fadd(total, builder.select(tail, e, const(0.0)) if last else e)
@@ -295,16 +298,6 @@ def _softmax_kernel(width, bf16=False):
 
 _softmax_rows = _softmax_kernel(W) if gemm.OWN else None
 
-
-def _bf16_bits(builder, u, ivec):
-    """float32 bits (an integer vector) -> bf16 bits in the low half, round to nearest even; NaN stays a quiet NaN."""
-    def c(v):
-        return ir.Constant(ivec, [v] * ivec.count)
-
-    high = builder.lshr(u, c(16))
-    rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), builder.and_(high, c(1))), c(16))
-    nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
-    return builder.select(nan, builder.or_(high, c(0x40)), rounded)
 
 
 @jit

@@ -23,6 +23,20 @@ def attention(qkv, tokens, heads):
     return (p @ v).transpose(0, 2, 1, 3).reshape(rows, c)
 
 
+def attention_bf16(qkv, tokens, heads, bias):
+    """kernels/attention_bf16.py's arithmetic: q (biased, scaled in float32) and k rounded to bf16, scores and
+    softmax in float64, the unnormalised probabilities and v rounded to bf16, p v over the float64 sum."""
+    rows, c3 = qkv.shape
+    c, b = c3 // 3, rows // tokens
+    hd = c // heads
+    x = qkv + bias  # float32, as the kernel adds the bias
+    q, k, v = (x[:, i * c:(i + 1) * c].reshape(b, tokens, heads, hd).transpose(0, 2, 1, 3) for i in range(3))
+    q, k, v = bf16(q * np.float32(1.0 / np.sqrt(hd))), bf16(k), bf16(v)
+    s = q @ k.transpose(0, 1, 3, 2)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return ((bf16(e) @ v) / e.sum(-1, keepdims=True)).transpose(0, 2, 1, 3).reshape(rows, c)
+
+
 def gelu(x):
     x = x.astype(np.float64)
     return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))

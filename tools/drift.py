@@ -22,7 +22,7 @@ import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from npvitpose import drift, model as model_mod  # noqa: E402
-from npvitpose.kernels import gemm_bf16, gemm_int8  # noqa: E402
+from npvitpose.kernels import attention_bf16, gemm_bf16, gemm_int8  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "drift.md"
 CASES = [  # (image, xywh boxes on the people)
@@ -67,7 +67,8 @@ def main(argv=None):
     lines = [f"Drift against fp32 on random weights ({args.head} head, {OUTLIERS} outlier channels of gain "
              f"{OUTLIER_GAIN:g}); images: {', '.join(n for n, _ in CASES)}; "
              f"kernels: bf16 {gemm_bf16.INSTRUCTION if gemm_bf16.FAST else 'fallback'}, "
-             f"int8 {gemm_int8.INSTRUCTION if gemm_int8.FAST else 'fallback'}; int8 keeps in fp32: "
+             f"int8 {gemm_int8.INSTRUCTION if gemm_int8.FAST else 'fallback'}, "
+             f"attention {'bf16 ' + attention_bf16.INSTRUCTION if attention_bf16.FAST else 'fp32'}; int8 keeps in fp32: "
              f"{', '.join(model_mod.INT8_IN_FP32) or 'no layer'}; head deconvolutions at the model's precision",
              "", f"| model | precision | {drift.HEADER} |", "|" + "---|" * 10]
     for variant in args.variants:
