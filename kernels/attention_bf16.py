@@ -38,70 +38,95 @@ _OUT = fp32.OUT_TILES["avx512"]  # the output tiles: (rows, 16-float vectors) pe
 ROWS = fp32.ROWS  # query rows per block, a multiple of every tile's rows
 
 
-def _tile_kernel(mr, nv):
+def _tile_kernel(mr, nv, scaled=False):
     """An intrinsic tile(a, a0, rows, rs, b, b0, steps, out, c0, crs) on int32 lanes of bf16 pairs, indexing flat
     data: out[c0 + i * crs + j] = sum over k < steps of a[a0 + i * rs + k] . b[b0 + k * nr + j] (a lane's two
     products), for i < mr, j < nr = 16 nv, stored in float32. Rows i >= rows repeat row rows - 1 (they read
-    nothing beyond a's rows) and are stored too: the caller leaves room and never reads them."""
+    nothing beyond a's rows) and are stored too: the caller leaves room and never reads them.
+    scaled=True: tile(a, a0, rows, rs, b, b0, steps, out, c0, crs, inv, i0, cols) stores sum * inv[i0 + i] for
+    i < rows and j < cols only (the attention's outputs, normalised as they leave the registers)."""
     nr = 16 * nv
 
-    @intrinsic
-    def tile(typingctx, a, a0, rows, rs, b, b0, steps, out, c0, crs):
-        sig = types.void(a, a0, rows, rs, b, b0, steps, out, c0, crs)
-
-        def codegen(context, builder, signature, args):
-            ty = signature.args
-            a0, rows, rs, b0, steps, c0, crs = (context.cast(builder, args[i], ty[i], types.int64)
-                                                for i in (1, 2, 3, 5, 6, 8, 9))
-            dot = amx._declare_typed(builder.module, "llvm.x86.avx512bf16.dpbf16ps.512", _v16f, [_v16f, _v32bf, _v32bf])
-            last = builder.sub(rows, ir.Constant(_i64, 1))
-            arows = []
-            for i in range(mr):
-                r = builder.select(builder.icmp_signed("<", ir.Constant(_i64, i), rows), ir.Constant(_i64, i), last)
-                arows.append(builder.gep(amx._data(context, builder, ty[0], args[0]), [builder.add(a0, builder.mul(r, rs))]))
-            bptr = builder.gep(amx._data(context, builder, ty[4], args[4]), [b0])
-            zero = ir.Constant(_v16f, None)
-            entry = builder.block
-            loop, done = builder.append_basic_block("bf16tile.loop"), builder.append_basic_block("bf16tile.done")
-            builder.cbranch(builder.icmp_signed(">", steps, ir.Constant(_i64, 0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(_i64)
-            accs = [builder.phi(_v16f) for _ in range(mr * nv)]
-            bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, nr))])
-            bs = [builder.bitcast(builder.load(amx._vector_at(builder, bk, ir.Constant(_i64, 16 * v), _v16i), align=4),
-                                  _v32bf) for v in range(nv)]
-            new = []
-            for i in range(mr):
-                lane = builder.load(builder.gep(arows[i], [k]), align=4)
-                av = builder.bitcast(amx._splat(builder, lane, _v16i), _v32bf)  # q (or p) pair (i, k) x nr
-                new += [builder.call(dot, [accs[i * nv + v], av, bs[v]]) for v in range(nv)]
-            k_next = builder.add(k, ir.Constant(_i64, 1))
-            k.add_incoming(ir.Constant(_i64, 0), entry)
-            k.add_incoming(k_next, loop)
-            for acc, val in zip(accs, new):
-                acc.add_incoming(zero, entry)
-                acc.add_incoming(val, loop)
-            builder.cbranch(builder.icmp_signed("<", k_next, steps), loop, done)
-            builder.position_at_end(done)
-            finals = []
-            for val in new:
-                finals.append(builder.phi(_v16f))  # every phi before the first store
-                finals[-1].add_incoming(zero, entry)
-                finals[-1].add_incoming(val, loop)
-            cptr = builder.gep(amx._data(context, builder, ty[7], args[7]), [c0])
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        a0, rows, rs, b0, steps, c0, crs = (context.cast(builder, args[i], ty[i], types.int64)
+                                            for i in (1, 2, 3, 5, 6, 8, 9))
+        dot = amx._declare_typed(builder.module, "llvm.x86.avx512bf16.dpbf16ps.512", _v16f, [_v16f, _v32bf, _v32bf])
+        last = builder.sub(rows, ir.Constant(_i64, 1))
+        arows = []
+        for i in range(mr):
+            r = builder.select(builder.icmp_signed("<", ir.Constant(_i64, i), rows), ir.Constant(_i64, i), last)
+            arows.append(builder.gep(amx._data(context, builder, ty[0], args[0]), [builder.add(a0, builder.mul(r, rs))]))
+        bptr = builder.gep(amx._data(context, builder, ty[4], args[4]), [b0])
+        zero = ir.Constant(_v16f, None)
+        entry = builder.block
+        loop, done = builder.append_basic_block("bf16tile.loop"), builder.append_basic_block("bf16tile.done")
+        builder.cbranch(builder.icmp_signed(">", steps, ir.Constant(_i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(_i64)
+        accs = [builder.phi(_v16f) for _ in range(mr * nv)]
+        bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, nr))])
+        bs = [builder.bitcast(builder.load(amx._vector_at(builder, bk, ir.Constant(_i64, 16 * v), _v16i), align=4),
+                              _v32bf) for v in range(nv)]
+        new = []
+        for i in range(mr):
+            lane = builder.load(builder.gep(arows[i], [k]), align=4)
+            av = builder.bitcast(amx._splat(builder, lane, _v16i), _v32bf)  # q (or p) pair (i, k) x nr
+            new += [builder.call(dot, [accs[i * nv + v], av, bs[v]]) for v in range(nv)]
+        k_next = builder.add(k, ir.Constant(_i64, 1))
+        k.add_incoming(ir.Constant(_i64, 0), entry)
+        k.add_incoming(k_next, loop)
+        for acc, val in zip(accs, new):
+            acc.add_incoming(zero, entry)
+            acc.add_incoming(val, loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, steps), loop, done)
+        builder.position_at_end(done)
+        finals = []
+        for val in new:
+            finals.append(builder.phi(_v16f))  # every phi before the first store
+            finals[-1].add_incoming(zero, entry)
+            finals[-1].add_incoming(val, loop)
+        cptr = builder.gep(amx._data(context, builder, ty[7], args[7]), [c0])
+        if not scaled:
             for i in range(mr):
                 for v in range(nv):
                     at = builder.add(builder.mul(ir.Constant(_i64, i), crs), ir.Constant(_i64, 16 * v))
                     builder.store(finals[i * nv + v], amx._vector_at(builder, cptr, at, _v16f), align=4)
             return context.get_dummy_value()
+        i0, cols = (context.cast(builder, args[i], ty[i], types.int64) for i in (11, 12))
+        inv = builder.gep(amx._data(context, builder, ty[10], args[10]), [i0])
+        mstore = amx._declare_typed(builder.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                                    [_v16f, _v16f.as_pointer(), _i32, _v16b])
+        lanes = ir.Constant(_v16i, list(range(16)))
+        masks = [builder.icmp_signed("<", lanes, amx._splat(builder, builder.trunc(
+            builder.sub(cols, ir.Constant(_i64, 16 * v)), _i32), _v16i)) for v in range(nv)]
+        for i in range(mr):
+            row, after = builder.append_basic_block(f"bf16tile.row{i}"), builder.append_basic_block(f"bf16tile.after{i}")
+            builder.cbranch(builder.icmp_signed("<", ir.Constant(_i64, i), rows), row, after)
+            builder.position_at_end(row)
+            f = amx._splat(builder, builder.load(builder.gep(inv, [ir.Constant(_i64, i)])), _v16f)
+            for v in range(nv):
+                at = builder.add(builder.mul(ir.Constant(_i64, i), crs), ir.Constant(_i64, 16 * v))
+                builder.call(mstore, [builder.fmul(finals[i * nv + v], f), amx._vector_at(builder, cptr, at, _v16f),
+                                      ir.Constant(_i32, 4), masks[v]])
+            builder.branch(after)
+            builder.position_at_end(after)
+        return context.get_dummy_value()
 
-        return sig, codegen
+    if scaled:
+        @intrinsic
+        def tile(typingctx, a, a0, rows, rs, b, b0, steps, out, c0, crs, inv, i0, cols):
+            return types.void(a, a0, rows, rs, b, b0, steps, out, c0, crs, inv, i0, cols), codegen
+    else:
+        @intrinsic
+        def tile(typingctx, a, a0, rows, rs, b, b0, steps, out, c0, crs):
+            return types.void(a, a0, rows, rs, b, b0, steps, out, c0, crs), codegen
 
     return tile
 
 
 _scores_tile = _tile_kernel(MR, NR // 16)
-_out0, _out1, _out2 = (_tile_kernel(mr, nv) for mr, nv in _OUT)
+_out0, _out1, _out2 = (_tile_kernel(mr, nv, scaled=True) for mr, nv in _OUT)
 _softmax_rows = fp32._softmax_kernel(16, bf16=True)
 
 
@@ -205,7 +230,7 @@ def _attention(qkv, bias, n, heads, which, chunks, out):
     kpanels = (n + NR - 1) // NR
     nk = kpanels * NR  # keys padded to whole panels: their scores are computed and never read
     vpanels = (hd + nro - 1) // nro
-    nd = vpanels * nro
+    c = c3 // 3
     tasks = (rows // n) * heads
     for chunk in prange(chunks):  # a thread's share of the (crop, head) tasks: its scratch allocated once
         kp = fp32._scratch(kpanels * hd * NR)
@@ -218,7 +243,6 @@ def _attention(qkv, bias, n, heads, which, chunks, out):
         # a tile stores all its rows, those past the block's too: room for one more tile's rows
         s = fp32._scratch((ROWS + MR) * nk)
         pb = fp32._scratch(ROWS * ps // 2).view(np.int32)
-        o = fp32._scratch((ROWS + mro) * nd)
         inv = np.empty(ROWS, np.float32)
         for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
             r0 = (task // heads) * n
@@ -231,19 +255,16 @@ def _attention(qkv, bias, n, heads, which, chunks, out):
                         _scores_tile(qb, (i0 + x0) * h2, min(MR, m - x0), h2, kb, p * h2 * NR, h2, s, x0 * nk + p * NR,
                                      nk)
                 _softmax_rows(s, m, nk, n, inv, pb.view(np.uint16), ps)  # bf16 probabilities, zeros past n
-                for p in range(vpanels):  # (m, nd) unnormalised outputs, panel-outer too
+                for p in range(vpanels):  # (m, hd) outputs times 1 / sum, into out; panel-outer too
                     for x0 in range(0, m, mro):
-                        r, a0, b0, c0 = min(mro, m - x0), x0 * ps // 2, p * n2 * nro, x0 * nd + p * nro
+                        r, a0, b0, c0 = min(mro, m - x0), x0 * ps // 2, p * n2 * nro, (r0 + i0 + x0) * c + q0 + p * nro
+                        w = min(nro, hd - p * nro)
                         if which == 0:
-                            _out0(pb, a0, r, ps // 2, vb, b0, n2, o, c0, nd)
+                            _out0(pb, a0, r, ps // 2, vb, b0, n2, out, c0, c, inv, x0, w)
                         elif which == 1:
-                            _out1(pb, a0, r, ps // 2, vb, b0, n2, o, c0, nd)
+                            _out1(pb, a0, r, ps // 2, vb, b0, n2, out, c0, c, inv, x0, w)
                         else:
-                            _out2(pb, a0, r, ps // 2, vb, b0, n2, o, c0, nd)
-                for x in range(m):
-                    dst, src, f = out[r0 + i0 + x, q0:q0 + hd], o[x * nd:x * nd + hd], inv[x]
-                    for d in range(hd):
-                        dst[d] = src[d] * f
+                            _out2(pb, a0, r, ps // 2, vb, b0, n2, out, c0, c, inv, x0, w)
 
 def attention(qkv, tokens, heads, bias=None, out=None):
     """kernels/attention.attention with bf16 products: qkv (B*N, 3C) float32 (+ bias (3C,)) -> (B*N, C).
