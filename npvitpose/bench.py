@@ -241,7 +241,8 @@ def profile(model, batch, repeats=3):
     """Seconds per forward spent in each kernel ("linear": the blocks' four layers with their epilogues);
     the rest is the patch embedding's and head's matrix products and NumPy glue."""
     spent = dict.fromkeys(_KERNELS, 0.0)
-    originals = {name: getattr(model_mod, name) for name in _KERNELS if hasattr(model_mod, name)}
+    # attention: the model's own choice at load (fp32, or bf16 for bf16/int8 models), like its linear layers
+    originals = {name: getattr(model_mod, name) for name in _KERNELS if name != "attention" and hasattr(model_mod, name)}
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -253,10 +254,11 @@ def profile(model, batch, repeats=3):
 
     pixels = np.random.default_rng(0).standard_normal((batch, 3, 256, 192)).astype(np.float32)
     model.forward(pixels)
-    gemm = model._gemm
+    gemm, attention = model._gemm, model._attention
     spent["linear"] = 0.0
     try:
         model._gemm = types.SimpleNamespace(linear=timed("linear", gemm.linear))
+        model._attention = timed("attention", attention)
         for name, fn in originals.items():
             setattr(model_mod, name, timed(name, fn))
         t = time.perf_counter()
@@ -264,7 +266,7 @@ def profile(model, batch, repeats=3):
             model.forward(pixels)
         total = (time.perf_counter() - t) / repeats
     finally:
-        model._gemm = gemm
+        model._gemm, model._attention = gemm, attention
         for name, fn in originals.items():
             setattr(model_mod, name, fn)
     rows = {name: s / repeats for name, s in spent.items() if s}

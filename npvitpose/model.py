@@ -29,6 +29,8 @@ INT8_IN_FP32 = ()  # layers an int8 model keeps in fp32: none, measured by tools
 # migration, exact in real arithmetic), so a few large-gain channels no longer stretch every row's int8 range
 INT8_SMOOTHED = {"attn.qkv.weight": "norm1", "mlp.fc1.weight": "norm2"}
 HEAD_IN_FP32 = False  # bf16/int8 run the head's two deconvolutions at their precision too (2.8 of ViT-B's 37 GFLOP)
+# bf16/int8 run attention's two products in bf16 where the CPU has AVX512-BF16 (kernels/attention_bf16.py)
+ATTENTION_IN_FP32 = False
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,8 @@ class Model:
                   {k: (v.dtype, v.shape) for k, v in weights.items()}, self.config)
         self._lock = threading.Lock()  # one forward at a time: each already uses every core
         self._gemm = PRECISIONS[self.precision]  # the module every linear layer goes through (pack_weight / linear)
-        # bf16/int8: the attention core's two products in bf16 where the CPU has AVX512-BF16 (README "Precision")
-        self._attention = attention_bf16.attention if self.precision != "fp32" and attention_bf16.FAST else attention
+        lowp = self.precision != "fp32" and not ATTENTION_IN_FP32 and attention_bf16.FAST
+        self._attention = attention_bf16.attention if lowp else attention  # README "Precision"
         take = weights.pop if isinstance(weights, Archive) or not copy else weights.__getitem__
         self.weights = {}
         self._prepare(lambda key: _checked(key, take(key)))
@@ -341,7 +343,8 @@ def load(path, mmap=False, precision="fp32"):
     so the peak is the packed model plus one fp32 layer. mmap=True maps each layer while it is packed instead
     of reading it (no copy); either way nothing of the file stays in memory or mapped once loaded.
 
-    precision: "fp32" (default, exact), "bf16" or "int8" for the linear layers, opt-in (README "Precision").
+    precision: "fp32" (default, exact), "bf16" or "int8" for the linear layers, opt-in (README "Precision");
+    bf16 and int8 also run attention's two products in bf16 where the CPU has AVX512-BF16.
     """
     path = os.fspath(path)
     _check_precision(precision)

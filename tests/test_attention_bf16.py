@@ -80,9 +80,21 @@ def test_rejects_bad_arguments():
         attention_bf16.attention(np.zeros((10, 12), np.float32), 5, 2, out=np.zeros((10, 5), np.float32))
 
 
-def test_models_choose_it_at_load():
+def test_models_choose_it_at_load(monkeypatch):
     cfg = model_mod.Config(dim=64, depth=1, heads=2, mlp_hidden=128, head="simple")
     meta = dict(dataclasses.asdict(cfg), dataset="coco", mode="udp")
     weights = model_mod.random_weights(cfg)
     chosen = {p: model_mod.from_weights(dict(weights), meta, p)._attention for p in ("fp32", "bf16", "int8")}
     assert chosen == {"fp32": attention.attention, "bf16": attention_bf16.attention, "int8": attention_bf16.attention}
+    monkeypatch.setattr(model_mod, "ATTENTION_IN_FP32", True)
+    assert model_mod.from_weights(dict(weights), meta, "int8")._attention is attention.attention
+
+
+def test_profile_times_the_chosen_attention():
+    from npvitpose import bench
+
+    cfg = model_mod.Config(dim=64, depth=1, heads=2, mlp_hidden=128, head="simple")
+    model = model_mod.from_weights(model_mod.random_weights(cfg), dict(dataclasses.asdict(cfg), dataset="coco",
+                                                                         mode="udp"), "bf16")
+    _, rows = bench.profile(model, 1, repeats=1)
+    assert rows["attention"] > 0 and model._attention is attention_bf16.attention
