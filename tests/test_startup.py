@@ -204,5 +204,6 @@ def test_an_fp32_run_compiles_no_bf16_int8_amx_or_serial_kernel(tmp_path):
         """
     compiled = json.loads(_python(code, tmp_path, os.environ.get("NUMBA_CACHE_DIR", tmp_path / "nbcache")))
     assert any(n.startswith("gemm.") for n in compiled) and any(n.startswith("attention.") for n in compiled)
-    assert not [n for n in compiled if n.split(".")[0] in ("gemm_bf16", "gemm_int8", "amx") or n.endswith(" serial")]
+    assert not [n for n in compiled if n.split(".")[0] in ("gemm_bf16", "gemm_int8", "amx", "attention_bf16")
+                or n.endswith(" serial")]
     assert not [n for n in compiled if n.startswith("head._col2im") or n.startswith("head._depth")]  # classic head only
