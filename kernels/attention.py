@@ -186,12 +186,14 @@ def _softmax_kernel(width, bf16=False):
         rows, stride, n = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 3))
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         invs = context.make_array(signature.args[4])(context, builder, args[4]).data
-        if bf16:  # vcvtneps2bf16 (AVX512-BF16): round to nearest even, NaN quiet, subnormals to zero
+        if bf16:  # vcvtneps2bf16, vcvtne2ps2bf16 (AVX512-BF16): round to nearest even, NaN quiet, subnormals to 0
             pdata = context.make_array(signature.args[5])(context, builder, args[5]).data
             pstride = context.cast(builder, args[6], signature.args[6], types.int64)
-            hvec = ir.VectorType(ir.IntType(16), width)
-            to_bf16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VectorType(_BFloat(), width), [vec]),
+            bf = _BFloat()
+            convert = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VectorType(bf, width), [vec]),
                                                      f"llvm.x86.avx512bf16.cvtneps2bf16.{32 * width}")
+            convert2 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+                ir.VectorType(bf, 2 * width), [vec, vec]), f"llvm.x86.avx512bf16.cvtne2ps2bf16.{32 * width}")
         undef = ir.Constant(vec, ir.Undefined)
 
         def splat(x, t=vec):
@@ -226,21 +228,35 @@ def _softmax_kernel(width, bf16=False):
         accs = [cgutils.alloca_once(builder, vec) for _ in range(chains)]
         by_chains = builder.mul(builder.sdiv(full, ir.Constant(i64, chains)), ir.Constant(i64, chains))
 
-        def over_row(start, step):  # accs[c] = step(accs[c], vector) over the row's vectors
+        def over_row(start, step, emit=None):
+            # accs[c] = step(accs[c], vector) over the row's vectors; emit(values, v) takes the steps' vectors
+            # from vector v on, two at a time in the 4-chain loop
             for acc in accs:
                 builder.store(start, acc)
             with cgutils.for_range_slice(builder, ir.Constant(i64, 0), by_chains, ir.Constant(i64, chains)) as (v, _):
+                done = []
                 for c, acc in enumerate(accs):
-                    builder.store(step(builder.load(acc), builder.add(v, ir.Constant(i64, c)), False), acc)
+                    value, out = step(builder.load(acc), builder.add(v, ir.Constant(i64, c)), False)
+                    builder.store(value, acc)
+                    done.append(out)
+                if emit:
+                    for c in range(0, chains, 2):
+                        emit(done[c:c + 2], builder.add(v, ir.Constant(i64, c)))
             with cgutils.for_range_slice(builder, by_chains, full, ir.Constant(i64, 1)) as (v, _):
-                builder.store(step(builder.load(accs[0]), v, False), accs[0])
+                value, out = step(builder.load(accs[0]), v, False)
+                builder.store(value, accs[0])
+                if emit:
+                    emit([out], v)
             with builder.if_then(partial):
-                builder.store(step(builder.load(accs[0]), full, True), accs[0])
+                value, out = step(builder.load(accs[0]), full, True)
+                builder.store(value, accs[0])
+                if emit:
+                    emit([out], full)
             return [builder.load(acc) for acc in accs]
 
         def to_max(best, v, last):
             x = builder.load(at(row, v), align=4)
-            return bigger(best, builder.select(tail, x, const(-np.inf)) if last else x)
+            return bigger(best, builder.select(tail, x, const(-np.inf)) if last else x), None
 
         with cgutils.for_range(builder, rows) as loop:
             row = loop.index
@@ -248,7 +264,7 @@ def _softmax_kernel(width, bf16=False):
             m = fold(bigger(bigger(m[0], m[1]), bigger(m[2], m[3])), bigger)
             builder.store(m, builder.gep(invs, [row]))
 
-        def to_sum(total, v, last):  # exp(s - m) for vector v, stored in place (bf16: into p), added to the total
+        def to_sum(total, v, last):  # exp(s - m) for vector v, stored in place (bf16: returned), added to the total
             ptr = at(row, v)
             x = builder.fsub(builder.load(ptr, align=4), m)
             below = builder.fcmp_ordered("<", x, const(_EXP_FLOOR))
@@ -265,21 +281,26 @@ def _softmax_kernel(width, bf16=False):
             scale = builder.bitcast(builder.shl(builder.add(k, ir.Constant(ivec, [127] * width)),
                                                 ir.Constant(ivec, [23] * width)), vec)
             e = builder.fmul(p, scale)
-            if bf16:  # e is never subnormal (exp(_EXP_FLOOR) is a normal float32): nothing to flush
-                bits = builder.bitcast(builder.call(to_bf16, [e]), hvec)
-                if last:
-                    bits = builder.select(tail, bits, ir.Constant(hvec, None))
-                at16 = builder.gep(pdata, [builder.add(builder.mul(row, pstride), builder.mul(v, ir.Constant(i64, width)))])
-                builder.store(bits, builder.bitcast(at16, hvec.as_pointer()), align=2)
-            else:
+            if not bf16:
                 builder.store(e, ptr, align=4)
-            return builder.fadd(total, builder.select(tail, e, const(0.0)) if last else e)
+            e = builder.select(tail, e, const(0.0)) if last else e
+            return builder.fadd(total, e), e
+
+        def to_bf16(values, v):  # one or two vectors of exponentials -> bf16 at p[row * pstride + v * width]
+            # e is never subnormal (exp(_EXP_FLOOR) is a normal float32): vcvtne(2)ps2bf16 flush nothing
+            if len(values) == 2:
+                bits = builder.call(convert2, values[::-1])  # the second operand fills the low half
+            else:
+                bits = builder.call(convert, values)
+            at16 = builder.gep(pdata, [builder.add(builder.mul(row, pstride), builder.mul(v, ir.Constant(i64, width)))])
+            hvec = ir.VectorType(ir.IntType(16), width * len(values))
+            builder.store(builder.bitcast(bits, hvec), builder.bitcast(at16, hvec.as_pointer()), align=2)
 
         with cgutils.for_range(builder, rows) as loop:
             row = loop.index
             slot = builder.gep(invs, [row])
             m = splat(builder.load(slot))
-            t = over_row(const(0.0), to_sum)
+            t = over_row(const(0.0), to_sum, to_bf16 if bf16 else None)
             total = fold(builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3])), builder.fadd)
             builder.store(builder.fdiv(ir.Constant(f32, 1.0), total), slot)
         return context.get_dummy_value()
