@@ -222,6 +222,19 @@ def _pack_head(qkv, bias, r0, q0, n, hd, scale, nro, kp, zeros, qb, kb, vb):
                              vb, (p * n2 + j2) * nro + d0 - p * nro)
 
 
+@jit
+def _prefetch_head(qkv, r0, q0, n, hd):
+    # the cache lines of one (crop, head)'s q, k and v rows, into L2: asked for one task ahead, they arrive while
+    # the task before computes (in a forward, qkv was just written, much of it by the other core)
+    c3 = qkv.shape[1]
+    c = c3 // 3
+    for j in range(n):
+        for part in range(3):
+            at = (r0 + j) * c3 + part * c + q0
+            for d in range(0, hd + 15, 16):  # one element per 64-byte line, the last one too
+                gemm._prefetch(qkv, at + min(d, hd - 1))
+
+
 @pjit
 def _attention(qkv, bias, n, heads, which, chunks, out):
     rows, c3 = qkv.shape
@@ -252,6 +265,8 @@ def _attention(qkv, bias, n, heads, which, chunks, out):
             r0 = (task // heads) * n
             q0 = (task % heads) * hd  # spec 1.3: qkv rows are Q, K, V blocks, head-major inside each
             _pack_head(qkv, bias, r0, q0, n, hd, scale, nro, kp, zeros, qb, kb, vb)
+            if task + 1 < (chunk + 1) * tasks // chunks:
+                _prefetch_head(qkv, ((task + 1) // heads) * n, ((task + 1) % heads) * hd, n, hd)
             for i0 in range(0, n, ROWS):
                 m = min(ROWS, n - i0)
                 for p in range(kpanels):  # (m, nk) scores, panel-outer: each panel is read from L1 by every tile
