@@ -14,7 +14,7 @@ shape), over all of K in one pass; the fp32 softmax writes the unnormalised prob
 (`vcvtneps2bf16`: round to nearest even, and none of them is subnormal); outputs come from the fp32 kernel's tile
 shapes (OUT_TILES['avx512']: 12 x 32, 6 x 64, 4 x 80), multiplied by 1 / sum as they leave the registers.
 Each task asks for the next one's q, k and v rows in L2 while it computes (in a forward qkv is cold).
-Measured (tools/attention_table.py --bf16, Zen 4, ViT-S/B shapes, batch 1 and 16): 0.57-0.69x the fp32 core's
+Measured (tools/attention_table.py --bf16, Zen 4, ViT-S/B shapes, batch 1 and 16): 0.55-0.69x the fp32 core's
 time on 2 threads, 0.53-0.62x on one.
 
 `FAST` says whether this CPU (and Numba's target) has AVX512-BF16; nothing here is compiled otherwise, and the
