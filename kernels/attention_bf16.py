@@ -63,34 +63,7 @@ def _tile_kernel(mr, nv, scaled=False):
             r = builder.select(builder.icmp_signed("<", ir.Constant(_i64, i), rows), ir.Constant(_i64, i), last)
             arows.append(builder.gep(amx._data(context, builder, ty[0], args[0]), [builder.add(a0, builder.mul(r, rs))]))
         bptr = builder.gep(amx._data(context, builder, ty[4], args[4]), [b0])
-        zero = ir.Constant(_v16f, None)
-        entry = builder.block
-        loop, done = builder.append_basic_block("bf16tile.loop"), builder.append_basic_block("bf16tile.done")
-        builder.cbranch(builder.icmp_signed(">", steps, ir.Constant(_i64, 0)), loop, done)
-        builder.position_at_end(loop)
-        k = builder.phi(_i64)
-        accs = [builder.phi(_v16f) for _ in range(mr * nv)]
-        bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, nr))])
-        bs = [builder.bitcast(builder.load(amx._vector_at(builder, bk, ir.Constant(_i64, 16 * v), _v16i), align=4),
-                              _v32bf) for v in range(nv)]
-        new = []
-        for i in range(mr):
-            lane = builder.load(builder.gep(arows[i], [k]), align=4)
-            av = builder.bitcast(amx._splat(builder, lane, _v16i), _v32bf)  # q (or p) pair (i, k) x nr
-            new += [builder.call(dot, [accs[i * nv + v], av, bs[v]]) for v in range(nv)]
-        k_next = builder.add(k, ir.Constant(_i64, 1))
-        k.add_incoming(ir.Constant(_i64, 0), entry)
-        k.add_incoming(k_next, loop)
-        for acc, val in zip(accs, new):
-            acc.add_incoming(zero, entry)
-            acc.add_incoming(val, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, steps), loop, done)
-        builder.position_at_end(done)
-        finals = []
-        for val in new:
-            finals.append(builder.phi(_v16f))  # every phi before the first store
-            finals[-1].add_incoming(zero, entry)
-            finals[-1].add_incoming(val, loop)
+        finals = gemm_bf16.dot_loop(builder, arows, bptr, steps, dot, _v16f, _v32bf, "bf16tile", nr)
         cptr = builder.gep(amx._data(context, builder, ty[7], args[7]), [c0])
         if not scaled:
             for i in range(mr):
@@ -285,6 +258,7 @@ def _attention(qkv, bias, n, heads, which, chunks, out):
                             _out1(pb, a0, r, ps // 2, vb, b0, n2, out, c0, c, inv, x0, w)
                         else:
                             _out2(pb, a0, r, ps // 2, vb, b0, n2, out, c0, c, inv, x0, w)
+
 
 def attention(qkv, tokens, heads, bias=None, out=None):
     """kernels/attention.attention with bf16 products: qkv (B*N, 3C) float32 (+ bias (3C,)) -> (B*N, C).

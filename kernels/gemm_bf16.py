@@ -154,26 +154,27 @@ _v16f, _v16i = ir.VectorType(ir.FloatType(), 16), ir.VectorType(_i32, 16)
 _v32bf = ir.VectorType(_BFloat(), 32)
 
 
-def dot_loop(builder, arows, bptr, steps, dot, acc_type, lane_type, name):
+def dot_loop(builder, arows, bptr, steps, dot, acc_type, lane_type, name, nr=None):
     """Emit the K loop of an MR x NR register tile on int32 lanes (bf16 pairs, 4 int8): per step k, the NR / 16
     lane vectors of the panel at bptr[k * NR], each row's lane arows[i][k] broadcast, MR * NR / 16 `dot`s into
     acc_type accumulators. Returns them after the loop (zeros when steps <= 0), row-major, as phis of the exit
-    block, where the builder is left."""
+    block, where the builder is left. MR = len(arows); nr: the panel's width (default NR)."""
+    mr, nr = len(arows), NR if nr is None else nr
     zero = ir.Constant(acc_type, None)
     entry = builder.block
     loop, done = builder.append_basic_block(f"{name}.loop"), builder.append_basic_block(f"{name}.done")
     builder.cbranch(builder.icmp_signed(">", steps, ir.Constant(_i64, 0)), loop, done)
     builder.position_at_end(loop)
     k = builder.phi(_i64)
-    accs = [builder.phi(acc_type) for _ in range(MR * NR // 16)]
-    bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, NR))])
+    accs = [builder.phi(acc_type) for _ in range(mr * nr // 16)]
+    bk = builder.gep(bptr, [builder.mul(k, ir.Constant(_i64, nr))])
     bs = [builder.bitcast(builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(_i64, 16 * j)]),
                                                        _v16i.as_pointer()), align=4), lane_type)
-          for j in range(NR // 16)]
+          for j in range(nr // 16)]
     new = []
-    for i in range(MR):
+    for i in range(mr):
         av = builder.bitcast(amx._splat(builder, builder.load(builder.gep(arows[i], [k]), align=4), _v16i), lane_type)
-        new += [builder.call(dot, [accs[i * (NR // 16) + j], av, bs[j]]) for j in range(NR // 16)]
+        new += [builder.call(dot, [accs[i * (nr // 16) + j], av, bs[j]]) for j in range(nr // 16)]
     k_next = builder.add(k, ir.Constant(_i64, 1))
     k.add_incoming(ir.Constant(_i64, 0), entry)
     k.add_incoming(k_next, loop)
