@@ -482,6 +482,17 @@ def quantize64(typingctx, x, off, inv, zp, a, a_off):
     return types.void(x, off, inv, zp, a, a_off), codegen
 
 
+def bf16_bits(builder, u):
+    """float32 bits (<16 x i32>) -> bf16 bits in the low half, round to nearest even; NaN stays a quiet NaN."""
+    def c(v):
+        return ir.Constant(_v16i, [v] * 16)
+
+    high = builder.lshr(u, c(16))
+    rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), builder.and_(high, c(1))), c(16))
+    nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
+    return builder.select(nan, builder.or_(high, c(0x40)), rounded)
+
+
 @intrinsic
 def bf16_32(typingctx, xu, off, a, a_off):
     """a.flat[a_off:a_off + 32] = bf16 bits of xu.flat[off + j] (float32 bits), round to nearest even, NaN quiet."""
@@ -491,15 +502,9 @@ def bf16_32(typingctx, xu, off, a, a_off):
         src = _element_ptr(context, builder, tx, x_v, off_v)
         dst = _element_ptr(context, builder, ta, a_v, a_off_v)
 
-        def c(v):
-            return ir.Constant(_v16i, [v] * 16)
-
         for v in range(2):
             u = builder.load(_vector_at(builder, src, ir.Constant(_i64, 16 * v), _v16i), align=4)
-            high = builder.lshr(u, c(16))
-            rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), builder.and_(high, c(1))), c(16))
-            nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
-            b = builder.select(nan, builder.or_(high, c(0x40)), rounded)
+            b = bf16_bits(builder, u)
             builder.store(builder.trunc(b, _v16h), _vector_at(builder, dst, ir.Constant(_i64, 16 * v), _v16h), align=2)
         return context.get_dummy_value()
 

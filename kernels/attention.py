@@ -320,7 +320,6 @@ def _softmax_kernel(width, bf16=False):
 _softmax_rows = _softmax_kernel(W) if gemm.OWN else None
 
 
-
 @jit
 def _scratch(size):
     # float32 scratch starting on a 64-byte line: vector loads from it never straddle two lines

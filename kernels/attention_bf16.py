@@ -108,17 +108,6 @@ _out0, _out1, _out2 = (_tile_kernel(mr, nv, scaled=True) for mr, nv in _OUT)
 _softmax_rows = fp32._softmax_kernel(16, bf16=True)
 
 
-def _bf16_bits(builder, u, ivec):
-    """float32 bits (an integer vector) -> bf16 bits in the low half, round to nearest even; NaN stays a quiet NaN."""
-    def c(v):
-        return ir.Constant(ivec, [v] * ivec.count)
-
-    high = builder.lshr(u, c(16))
-    rounded = builder.lshr(builder.add(builder.add(u, c(0x7FFF)), builder.and_(high, c(1))), c(16))
-    nan = builder.icmp_unsigned(">", builder.and_(u, c(0x7FFFFFFF)), c(0x7F800000))
-    return builder.select(nan, builder.or_(high, c(0x40)), rounded)
-
-
 def _round_kernel(pairs):
     """An intrinsic round16(src, lo, hi, bias, b0, scale, count, dst, d0) on flat float32 src and bias: for lanes
     i < count (at most 16), a = (src[lo + i] + bias[b0 + i]) * scale rounded to bf16 (nearest even, NaN quiet).
@@ -144,7 +133,7 @@ def _round_kernel(pairs):
 
             def rounded(at):
                 x = builder.call(mload, [amx._vector_at(builder, src, at, _v16f), align, mask, zero])
-                return _bf16_bits(builder, builder.bitcast(builder.fmul(builder.fadd(x, b), factor), _v16i), _v16i)
+                return amx.bf16_bits(builder, builder.bitcast(builder.fmul(builder.fadd(x, b), factor), _v16i))
 
             dst = amx._data(context, builder, ty[7], args[7])
             if pairs:
